@@ -1,0 +1,157 @@
+"""``covidnet``: one subcommand per pipeline stage; each reads params.yaml and its paths.
+
+The CLI only translates: it parses flags, calls :mod:`covidnet.stages`, prints a summary,
+and turns a known failure into a one-paragraph message and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+COVIDNet MLOps: chest CT -> COVID-19 vs other pneumonia (Liu et al., Sci. Rep. 2021).
+
+Stages, in the order dvc.yaml runs them:
+  synth       write a SYNTHETIC cohort: DICOM tree + manifest (patients.csv, scans.csv)
+  validate    scan the DICOM tree (series + files tables) and run the Great Expectations suites
+  exclude     apply the paper's exclusion criteria; cohort, exclusions with reasons, flow counts
+  split       patient-level train:val:test 3:1:1 split (+ external test cohort), flow diagram
+  preprocess  clip HU, scale to [0,1], resize, crop -> (1, D, C, C) tensors + QC table
+
+Every number comes from params.yaml (section per stage; `profile` picks overrides from
+`profiles`); every path from its `paths` section, overridable per flag.
+"""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", type=Path, default=Path("params.yaml"),
+                   help="params file (default: %(default)s)")
+    p.add_argument("--profile", default=None,
+                   help="apply profiles.<NAME> from the params file (default: its `profile` key)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="covidnet", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    p = sub.add_parser("synth", help="write a synthetic DICOM cohort and its manifest",
+                       description="Write a SYNTHETIC cohort as real DICOM (CT Image Storage) plus the clinical "
+                                   "manifest, deterministic for synth.seed. Anatomy phantoms in HU with COVID-19-like "
+                                   "or other-pneumonia findings; hospitals with their scanner profiles and encodings; "
+                                   "planted cases for each exclusion rule (listed in planted.csv).")
+    _add_common(p)
+    p.add_argument("--dicom", type=Path, help="output DICOM folder (default: paths.dicom)")
+    p.add_argument("--manifest", type=Path, help="output manifest folder (default: paths.manifest)")
+
+    p = sub.add_parser("validate", help="index the DICOM tree and run the data-quality suites",
+                       description="Read every DICOM header under paths.dicom (non-DICOM files are listed in "
+                                   "skipped.csv), assess and choose one series per study (series.csv, files.csv), "
+                                   "then run Great Expectations suites over the manifest and the chosen series. "
+                                   "Writes JSON results and GX Data Docs HTML; exits 1 listing every failed "
+                                   "expectation with the file, column, value and line.")
+    _add_common(p)
+    p.add_argument("--dicom", type=Path, help="DICOM folder (default: paths.dicom)")
+    p.add_argument("--manifest", type=Path, help="manifest folder (default: paths.manifest)")
+    p.add_argument("--index", type=Path, help="output folder of the header tables (default: paths.index)")
+    p.add_argument("--out", dest="validation", type=Path, help="output folder of the results (default: paths.validation)")
+
+    p = sub.add_parser("exclude", help="apply the paper's exclusion criteria",
+                       description="Exclude COVID-19 patients whose first CT is more than exclude.max_pcr_gap_days "
+                                   "from the first positive PCR, scans with severe motion artefacts, contrast-only "
+                                   "studies and studies without a usable series. Writes cohort.csv, exclusions.csv "
+                                   "(rule and reason per patient/scan) and flow.json.")
+    _add_common(p)
+    p.add_argument("--manifest", type=Path, help="manifest folder (default: paths.manifest)")
+    p.add_argument("--index", type=Path, help="header tables folder (default: paths.index)")
+    p.add_argument("--out", dest="cohort", type=Path, help="output folder (default: paths.cohort)")
+
+    p = sub.add_parser("split", help="patient-level stratified split and the flow diagram",
+                       description="Assign patients to train/val/test by split.ratios (stratified by label, "
+                                   "split.seed) after setting apart the external cohort (split.external). Train and "
+                                   "val keep every scan; test and external keep each patient's first scan. Writes "
+                                   "the split table, flow.json/flow.md (Fig. 1 form) and the cohort metrics.")
+    _add_common(p)
+    p.add_argument("--cohort", type=Path, help="exclude stage output folder (default: paths.cohort)")
+    p.add_argument("--out", dest="split", type=Path, help="split table (default: paths.split)")
+
+    p = sub.add_parser("preprocess", help="series -> (1, D, C, C) tensors and the QC table",
+                       description="For each scan of the split: clip HU to [hu_min, hu_max], scale to [0, 1], resize "
+                                   "linearly to depth x size x size, crop the central crop x crop (paper: 64, 512, "
+                                   "384). Stores tensors (preprocess.dtype) with index.csv and a per-scan QC table "
+                                   "(HU percentiles in the body, lung fraction, noise, spacing) used as the drift "
+                                   "reference. Runs preprocess.workers processes; reuses tensors already made with "
+                                   "the same parameters.")
+    _add_common(p)
+    p.add_argument("--split", type=Path, help="split table (default: paths.split)")
+    p.add_argument("--index", type=Path, help="header tables folder (default: paths.index)")
+    p.add_argument("--dicom", type=Path, help="DICOM folder (default: paths.dicom)")
+    p.add_argument("--out", dest="preprocessed", type=Path, help="output folder (default: paths.preprocessed)")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from covidnet import stages
+    from covidnet.params import load_params
+
+    params = load_params(args.params, profile=args.profile)
+    overrides = {k: getattr(args, k, None) for k in
+                 ("dicom", "manifest", "index", "validation", "cohort", "split", "preprocessed")}
+    paths = stages.Paths.from_params(params, **overrides)
+    progress = not args.quiet
+    cmd = args.command
+    synthetic = " (SYNTHETIC cohort)" if params.get("data", {}).get("source") == "synthetic" else ""
+
+    if cmd == "synth":
+        s = stages.run_synth(params, paths)
+        print(f"synth: wrote a SYNTHETIC cohort to {paths.dicom} and {paths.manifest}: {s}")
+    elif cmd == "validate":
+        index, report = stages.run_validate(params, paths, progress=progress)
+        n_sel = int(index.series["selected"].sum())
+        print(f"validate: {len(index.series)} series ({n_sel} chosen, one per usable study), "
+              f"{len(index.skipped)} file(s) skipped -> {paths.index}")
+        if not report.success:
+            print(report.format(), file=sys.stderr)
+            print(f"validate: FAILED{synthetic}; results in {paths.validation}", file=sys.stderr)
+            return 1
+        print(f"validate: all expectations met{synthetic}; results and Data Docs in {paths.validation}")
+    elif cmd == "exclude":
+        r = stages.run_exclude(params, paths)
+        inc = r.flow["included"]
+        print(f"exclude{synthetic}: included {inc['covid']['patients']} COVID-19 and {inc['non_covid']['patients']} "
+              f"other-pneumonia patients ({len(r.cohort)} scans); {len(r.exclusions)} exclusion(s) "
+              f"-> {paths.cohort}")
+    elif cmd == "split":
+        split, flow = stages.run_split(params, paths)
+        sizes = ", ".join(f"{k} {v['covid']['patients'] + v['non_covid']['patients']}" for k, v in flow["split"].items())
+        print(f"split{synthetic}: patients per split: {sizes} -> {paths.split}; flow diagram {paths.flow / 'flow.md'}")
+    elif cmd == "preprocess":
+        s = stages.run_preprocess(params, paths, progress=progress)
+        print(f"preprocess: {s.n_scans} tensor(s) of shape {s.tensor_shape} ({s.n_reused} reused, "
+              f"{s.n_failed} failed) -> {s.out_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``covidnet`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from covidnet.cohort import ManifestError
+    from covidnet.dicom import SeriesReadError
+    from covidnet.params import ParamsError
+    from covidnet.split import SplitError
+
+    try:
+        return _run(args)
+    except (ParamsError, ManifestError, SeriesReadError, SplitError, FileNotFoundError, ValueError) as exc:
+        print(f"covidnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

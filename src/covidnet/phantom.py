@@ -1,0 +1,579 @@
+"""SYNTHETIC chest CT phantoms in Hounsfield units (HU), drawn with plain numpy.
+
+Everything in this module is synthetic: an anatomy of ellipses, tubes and smooth noise
+that looks like a chest CT to a pipeline (air, body wall, lungs with branching vessels,
+mediastinum, heart, spine, ribs, a CT table) and pneumonia-like findings drawn into the
+lungs. It is not a model of any real patient and nothing learned on it says anything
+about real patients.
+
+Coordinates are in mm so that any pixel spacing or slice thickness shows the same anatomy:
+
+* ``x``: patient right -> left (DICOM +x), 0 at the centre of the field of view;
+* ``y``: anterior -> posterior (DICOM +y), 0 at the centre of the field of view;
+* ``u``: depth below the top of the scan, cranio-caudal (``u = z_top - z`` in DICOM terms).
+
+Volumes are ``(D, H, W)`` = (axial slices top to bottom, rows anterior to posterior,
+columns right to left) ``float32`` arrays of HU. Findings:
+
+* COVID-19-like: bilateral, peripheral, subpleural ground-glass opacities (GGO,
+  -700..-500 HU) with lower-lobe and posterior predominance, some consolidating
+  (-100..+40 HU);
+* other pneumonias: lobar consolidation with air bronchograms, central peribronchial
+  opacities, diffuse GGO (the confounder), dependent pleural effusions (~10 HU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+AIR_HU = -1000.0
+FAT_HU = -100.0
+SOFT_HU = 40.0
+LUNG_HU = -850.0
+BLOOD_CONTRAST_HU = 250.0
+HU_MIN = -1024.0
+HU_MAX = 3071.0
+
+_SLAB = 8  # slices drawn at once (keeps temporaries in cache)
+_LATTICE_COARSE_MM = 12.0
+_LATTICE_FINE_MM = 5.0
+
+
+@dataclass(frozen=True, eq=False)
+class Anatomy:
+    """One synthetic patient's chest, all lengths in mm.
+
+    Attributes:
+        chest_mm: cranio-caudal extent the lungs are planned into (apex to base).
+        body_a_mm, body_b_mm: body ellipse semi-axes (left-right, antero-posterior).
+        body_y_mm: body centre on the antero-posterior axis.
+        fat_mm: subcutaneous fat thickness.
+        lung_scale: lung size relative to the body.
+        apex_mm, base_mm: lung apex depth and deepest costophrenic recess depth (``u``).
+        dome_mm: height of the diaphragm domes above the recesses.
+        table_gap_mm: air gap between the back and the CT table.
+        vessels: ``(N, 8)`` segments ``u0, y0, x0, u1, y1, x1, r0, r1`` (mm).
+        texture: ``(Lu, Ly, Lx)`` coarse noise lattice (unit variance) for lung texture.
+        patches: ``(Lu, Ly, Lx)`` fine noise lattice for patchy findings.
+        lattice_origin: ``(u, y, x)`` mm of lattice index 0 (shared by both lattices).
+    """
+
+    chest_mm: float
+    body_a_mm: float
+    body_b_mm: float
+    body_y_mm: float
+    fat_mm: float
+    lung_scale: float
+    apex_mm: float
+    base_mm: float
+    dome_mm: float
+    table_gap_mm: float
+    vessels: np.ndarray
+    texture: np.ndarray
+    patches: np.ndarray
+    lattice_origin: tuple[float, float, float]
+
+    # Derived geometry (mm), shared by drawing and finding placement.
+    def lung_centre(self, side: int) -> tuple[float, float]:
+        """In-plane ``(y, x)`` centre of the right (``side=-1``) or left (``+1``) lung."""
+        return self.body_y_mm + 0.06 * self.body_b_mm, side * 0.47 * self.body_a_mm
+
+    def lung_axes(self) -> tuple[float, float]:
+        """Lung in-plane semi-axes ``(y, x)`` at full width (mm)."""
+        return 0.70 * self.body_b_mm * self.lung_scale, 0.36 * self.body_a_mm * self.lung_scale
+
+    def lung_width(self, u: np.ndarray | float) -> np.ndarray:
+        """Relative lung width at depth ``u`` (0 above the apex, 1 from mid chest down)."""
+        taper = np.clip((np.asarray(u, dtype=np.float32) - self.apex_mm) / (0.35 * self.chest_mm), 0.0, 1.0)
+        return np.sqrt(taper).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One finding drawn into the lungs.
+
+    Attributes:
+        kind: ``blob`` (ellipsoidal opacity), ``diffuse`` (patchy GGO through both lungs),
+            ``lobar`` (one lobe consolidated, air bronchograms), ``effusion`` (dependent
+            pleural fluid).
+        hu: target attenuation (HU).
+        centre: ``(u, y, x)`` mm for a blob.
+        radii: ``(u, y, x)`` mm semi-axes of a blob.
+        side: -1 right lung, +1 left lung (lobar, effusion).
+        lobe: ``lower`` or ``upper`` (lobar).
+        extent: strength in [0, 1] (diffuse, lobar) or fluid depth in mm (effusion).
+    """
+
+    kind: str
+    hu: float
+    centre: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    radii: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    side: int = 1
+    lobe: str = "lower"
+    extent: float = 1.0
+
+
+def random_anatomy(rng: np.random.Generator, chest_mm: float) -> Anatomy:
+    """Draw one patient's anatomy.
+
+    Args:
+        rng: the patient's random stream.
+        chest_mm: cranio-caudal scan coverage (mm); the lungs are planned into it like a
+            technologist plans a chest scan (apex just below the top, recesses above the
+            bottom).
+    """
+    a = float(rng.uniform(135.0, 170.0))
+    b = float(rng.uniform(95.0, 120.0))
+    body_y = float(rng.uniform(-22.0, -8.0))
+    apex = float(chest_mm * rng.uniform(0.03, 0.08))
+    base = float(chest_mm * rng.uniform(0.90, 0.96))
+    anatomy = Anatomy(
+        chest_mm=float(chest_mm),
+        body_a_mm=a,
+        body_b_mm=b,
+        body_y_mm=body_y,
+        fat_mm=float(rng.uniform(6.0, 24.0)),
+        lung_scale=float(rng.uniform(0.88, 1.08)),
+        apex_mm=apex,
+        base_mm=base,
+        dome_mm=float((base - apex) * rng.uniform(0.22, 0.32)),
+        table_gap_mm=float(rng.uniform(4.0, 14.0)),
+        vessels=np.zeros((0, 8), np.float32),
+        texture=np.zeros((1, 1, 1), np.float32),
+        patches=np.zeros((1, 1, 1), np.float32),
+        lattice_origin=(-40.0, -220.0, -220.0),
+    )
+    origin = anatomy.lattice_origin
+    extent = (chest_mm + 80.0, 440.0, 440.0)
+    texture = _lattice(rng, extent, _LATTICE_COARSE_MM)
+    patches = _lattice(rng, extent, _LATTICE_FINE_MM)
+    vessels = np.concatenate([_vessel_tree(rng, anatomy, side) for side in (-1, 1)])
+    return dataclasses.replace(anatomy, vessels=vessels, texture=texture, patches=patches, lattice_origin=origin)
+
+
+def _lattice(rng: np.random.Generator, extent: Sequence[float], step: float) -> np.ndarray:
+    shape = tuple(int(math.ceil(e / step)) + 2 for e in extent)
+    raw = rng.standard_normal(shape).astype(np.float32)
+    # One 3-tap box pass per axis: smoother than white noise, still unit-ish variance.
+    for axis in range(3):
+        raw = (np.roll(raw, 1, axis) + raw + np.roll(raw, -1, axis)) / np.float32(math.sqrt(3.0))
+    return raw
+
+
+def _vessel_tree(rng: np.random.Generator, anatomy: Anatomy, side: int) -> np.ndarray:
+    """Branching tubes from the hilum, thinning towards the periphery: ``(N, 8)``."""
+    yc, xc = anatomy.lung_centre(side)
+    ay, ax = anatomy.lung_axes()
+    hilum = np.array([0.45 * anatomy.chest_mm, yc - 0.05 * ay, xc - side * 0.55 * ax])
+    trunks = [(-1.0, 0.1, 0.3 * side), (1.0, 0.2, 0.2 * side), (0.1, -0.5, 0.9 * side), (0.6, 0.8, 0.3 * side)]
+    segments: list[tuple[float, ...]] = []
+    length0 = 0.30 * (anatomy.base_mm - anatomy.apex_mm)
+
+    def grow(start: np.ndarray, direction: np.ndarray, length: float, radius: float, depth: int) -> None:
+        direction = direction / np.linalg.norm(direction)
+        end = start + direction * length
+        end[0] = np.clip(end[0], anatomy.apex_mm + 5.0, anatomy.base_mm)
+        segments.append((*start, *end, radius, radius * 0.8))
+        if depth == 0:
+            return
+        for _ in range(2):
+            turn = rng.normal(0.0, 0.55, 3)
+            grow(end, direction + turn, length * 0.72, radius * 0.68, depth - 1)
+
+    for trunk in trunks:
+        grow(hilum.copy(), np.array(trunk, dtype=float) + rng.normal(0.0, 0.15, 3), length0, 5.5, 4)
+    return np.asarray(segments, dtype=np.float32)
+
+
+def covid_findings(rng: np.random.Generator, anatomy: Anatomy, *, consolidation: bool, severity: float = 1.0) -> list[Finding]:
+    """COVID-19-like findings: bilateral peripheral subpleural GGO, lower/posterior predominance.
+
+    Args:
+        rng: random stream.
+        anatomy: the patient's anatomy (findings are placed relative to its lungs).
+        consolidation: whether some of the opacities have a consolidated core.
+        severity: in (0, 1]; scales the number and size of the opacities.
+    """
+    findings: list[Finding] = []
+    n = max(2, int(round(rng.uniform(4, 10) * severity)))
+    for i in range(n):
+        side = -1 if i % 2 == 0 else 1  # bilateral
+        # Lower-lobe predominance: depth fraction skewed towards the base.
+        frac = float(np.clip(rng.beta(3.0, 1.6), 0.15, 0.97))
+        # Peripheral, posterior-lateral predominance (angle measured from +x towards +y).
+        # (angle 0 = +x; +pi/2 = posterior): left lung posterolateral is pi/4, right 3pi/4.
+        angle = float(rng.normal(math.pi / 4 if side > 0 else 3 * math.pi / 4, 0.8))
+        centre = _lung_point(anatomy, side, frac, rho=float(rng.uniform(0.78, 0.96)), angle=angle)
+        r = float(rng.uniform(9.0, 24.0) * (0.6 + 0.4 * severity))
+        radii = (r * rng.uniform(0.8, 1.4), r * rng.uniform(0.6, 1.0), r * rng.uniform(0.6, 1.0))
+        findings.append(Finding("blob", float(rng.uniform(-700.0, -500.0)), centre, radii))
+        if consolidation and rng.random() < 0.5:
+            core = tuple(0.5 * q for q in radii)
+            findings.append(Finding("blob", float(rng.uniform(-100.0, 40.0)), centre, core))
+    return findings
+
+
+def other_pneumonia_findings(
+    rng: np.random.Generator, anatomy: Anatomy, *, pattern: str, effusion: bool, severity: float = 1.0
+) -> list[Finding]:
+    """Findings of other pneumonias.
+
+    Args:
+        rng: random stream.
+        anatomy: the patient's anatomy.
+        pattern: ``lobar`` (bacterial lobar consolidation), ``peribronchial`` (central
+            opacities along the airways, viral/atypical) or ``diffuse`` (diffuse GGO).
+        effusion: add a dependent pleural effusion.
+        severity: in (0, 1].
+    """
+    findings: list[Finding] = []
+    side = int(rng.choice([-1, 1]))
+    if pattern == "lobar":
+        lobe = "lower" if rng.random() < 0.65 else "upper"
+        findings.append(Finding("lobar", float(rng.uniform(10.0, 45.0)), side=side, lobe=lobe, extent=float(0.6 + 0.4 * severity)))
+    elif pattern == "peribronchial":
+        n = max(3, int(round(rng.uniform(5, 12) * severity)))
+        for i in range(n):
+            s = -1 if i % 2 == 0 else 1
+            centre = _lung_point(
+                anatomy, s, float(rng.uniform(0.3, 0.8)), rho=float(rng.uniform(0.1, 0.5)), angle=float(rng.uniform(0, 2 * math.pi))
+            )
+            r = float(rng.uniform(6.0, 13.0))
+            findings.append(Finding("blob", float(rng.uniform(-550.0, -300.0)), centre, (r * 1.5, r, r)))
+    elif pattern == "diffuse":
+        findings.append(Finding("diffuse", float(rng.uniform(-720.0, -600.0)), extent=float(0.5 + 0.5 * severity)))
+    else:
+        raise ValueError(f"pattern: {pattern!r} is not one of lobar, peribronchial, diffuse")
+    if effusion:
+        findings.append(Finding("effusion", float(rng.uniform(0.0, 20.0)), side=side, extent=float(rng.uniform(12.0, 40.0))))
+    return findings
+
+
+def _lung_point(anatomy: Anatomy, side: int, frac: float, *, rho: float, angle: float) -> tuple[float, float, float]:
+    """A point inside one lung: depth fraction apex->base, normalised radius, in-plane angle."""
+    u = anatomy.apex_mm + frac * (anatomy.base_mm - 0.6 * anatomy.dome_mm - anatomy.apex_mm)
+    yc, xc = anatomy.lung_centre(side)
+    ay, ax = anatomy.lung_axes()
+    w = float(anatomy.lung_width(u))
+    return float(u), float(yc + rho * w * ay * math.sin(angle)), float(xc + rho * w * ax * math.cos(angle))
+
+
+def _axis(n: int, step: float) -> np.ndarray:
+    return ((np.arange(n, dtype=np.float32) - (n - 1) / 2.0) * np.float32(step)).astype(np.float32)
+
+
+def _interp_axis(values: np.ndarray, coords: np.ndarray, origin: float, step: float, axis: int) -> np.ndarray:
+    pos = np.clip((coords - origin) / step, 0.0, values.shape[axis] - 1.001)
+    i0 = pos.astype(np.int64)
+    w = (pos - i0).astype(np.float32)
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    w = w.reshape(shape)
+    return np.take(values, i0, axis=axis) * (1 - w) + np.take(values, i0 + 1, axis=axis) * w
+
+
+def _sample(lattice: np.ndarray, step: float, origin: tuple[float, float, float], u, y, x) -> np.ndarray:
+    """Trilinear sample of a lattice on the separable grid ``u`` x ``y`` x ``x`` (mm)."""
+    out = _interp_axis(lattice, u, origin[0], step, 0)
+    out = _interp_axis(out, y, origin[1], step, 1)
+    return _interp_axis(out, x, origin[2], step, 2)
+
+
+def _base_slice(anatomy: Anatomy, y: np.ndarray, x: np.ndarray, contrast: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The z-invariant part of an axial slice ``(H, W)``: body wall, spine, aorta, table."""
+    yy, xx = y[:, None], x[None, :]
+    a, b, by0 = anatomy.body_a_mm, anatomy.body_b_mm, anatomy.body_y_mm
+    rho_body = np.sqrt((xx / a) ** 2 + ((yy - by0) / b) ** 2)
+    depth = (1.0 - rho_body) * min(a, b)  # approximate distance below the skin (mm)
+    img = np.full(rho_body.shape, AIR_HU, np.float32)
+    body = rho_body < 1.0
+    img[body] = FAT_HU
+    img[body & (depth > anatomy.fat_mm)] = SOFT_HU
+    # Spine: vertebral body (cortical shell, cancellous core), canal, posterior arch.
+    vy, vr = by0 + 0.60 * b, 0.15 * b
+    rv = np.sqrt(xx**2 + (yy - vy) ** 2)
+    img[rv < vr] = 400.0
+    img[rv < vr - 2.5] = 200.0
+    cy = vy + vr + 9.0
+    rc = np.sqrt(xx**2 + (yy - cy) ** 2)
+    img[(rc < 13.0) & (rc >= 8.0)] = 350.0
+    img[rc < 8.0] = 10.0
+    # Descending aorta, left-anterior of the spine.
+    ra = np.sqrt((xx - 0.14 * a) ** 2 + (yy - (vy - vr - 6.0)) ** 2)
+    img[ra < 12.0] = BLOOD_CONTRAST_HU if contrast else SOFT_HU
+    # CT table: a thin curved slab below the back, air gap between.
+    back = by0 + b
+    table_y = back + anatomy.table_gap_mm + 0.0015 * xx**2
+    table = (yy >= table_y) & (yy < table_y + 6.0) & (np.abs(xx) < 210.0)
+    img[table] = 200.0
+    masks = {
+        "body": body,
+        "rib_belt": body & (depth > anatomy.fat_mm + 4.0) & (depth < anatomy.fat_mm + 12.0),
+        "vertebra": rv < vr,
+        "mediastinum": ((xx / (0.20 * a)) ** 2 + ((yy - by0 + 0.05 * b) / (0.62 * b)) ** 2) < 1.0,
+    }
+    return img, masks
+
+
+def _draw_slab(
+    anatomy: Anatomy,
+    findings: Sequence[Finding],
+    u: np.ndarray,
+    y: np.ndarray,
+    x: np.ndarray,
+    base: np.ndarray,
+    masks: dict[str, np.ndarray],
+    contrast: bool,
+) -> np.ndarray:
+    """Draw slices at depths ``u`` (any order) on the in-plane grid: ``(len(u), H, W)`` HU."""
+    d = len(u)
+    vol = np.broadcast_to(base, (d, *base.shape)).copy()
+    uu = u[:, None, None]
+    yy = y[None, :, None]
+    xx = x[None, None, :]
+    ay, ax = anatomy.lung_axes()
+    width = anatomy.lung_width(u)[:, None, None]
+    lung = np.zeros(vol.shape, bool)
+    rho2 = np.zeros(vol.shape, np.float32)
+    for side in (-1, 1):
+        yc, xc = anatomy.lung_centre(side)
+        q_full = ((yy - yc) / ay) ** 2 + ((xx - xc) / ax) ** 2  # (1, H, W)
+        dome = anatomy.base_mm - anatomy.dome_mm * np.clip(1.0 - q_full, 0.0, 1.0) - (8.0 if side < 0 else 0.0)
+        q = q_full / np.maximum(width, 1e-3) ** 2
+        inside = (q < 1.0) & (uu < dome) & (uu > anatomy.apex_mm)
+        lung |= inside
+        rho2 = np.where(inside, q, rho2)
+    lung &= ~masks["mediastinum"][None]
+    # Heart: an ellipsoid in the lower anterior mediastinum, displacing the left lung.
+    hu0, hy0, hx0 = 0.70 * anatomy.chest_mm, anatomy.body_y_mm - 0.22 * anatomy.body_b_mm, 0.12 * anatomy.body_a_mm
+    heart = (((uu - hu0) / (0.24 * anatomy.chest_mm)) ** 2 + ((yy - hy0) / (0.42 * anatomy.body_b_mm)) ** 2 + ((xx - hx0) / (0.32 * anatomy.body_a_mm)) ** 2) < 1.0
+    lung &= ~heart
+    # Ribs: oblique bands in the chest wall.
+    phase = np.sin(2.0 * np.pi * (uu + 0.25 * (yy - anatomy.body_y_mm)) / 24.0)
+    ribs = masks["rib_belt"][None] & (phase > 0.55) & (uu > anatomy.apex_mm - 10.0) & (uu < anatomy.base_mm)
+    vol[ribs] = 450.0
+    # Intervertebral discs.
+    disc = (np.mod(u, 27.0) < 5.0)[:, None, None] & masks["vertebra"][None]
+    vol[disc] = 80.0
+    vol[heart & ~ribs] = BLOOD_CONTRAST_HU if contrast else SOFT_HU
+
+    if lung.any():
+        origin = anatomy.lattice_origin
+        texture = _sample(anatomy.texture, _LATTICE_COARSE_MM, origin, u, y, x)
+        gravity = (yy - anatomy.body_y_mm) / anatomy.body_b_mm  # posterior (dependent) is denser
+        parenchyma = LUNG_HU + 18.0 * texture + 35.0 * gravity
+        vessels = _rasterize_vessels(anatomy.vessels, u, y, x)
+        patches = None
+        blobs = [f for f in findings if f.kind == "blob"]
+        if blobs or any(f.kind in ("diffuse", "lobar") for f in findings):
+            patches = _sample(anatomy.patches, _LATTICE_FINE_MM, origin, u, y, x)
+        for f in findings:
+            if f.kind == "diffuse":
+                occ = np.clip(0.55 * f.extent + 0.45 * patches, 0.0, 1.0)
+                parenchyma = parenchyma + occ * np.maximum(f.hu - parenchyma, 0.0)
+        if blobs:
+            occ = _rasterize_blobs(blobs, u, y, x, patches)
+            for hu, o in occ:
+                parenchyma = parenchyma + o * np.maximum(hu - parenchyma, 0.0)
+        vessel_hu = BLOOD_CONTRAST_HU if contrast else SOFT_HU
+        parenchyma = parenchyma * (1.0 - vessels) + vessel_hu * vessels
+        for f in findings:
+            if f.kind == "lobar":
+                yc, xc = anatomy.lung_centre(f.side)
+                # Oblique fissure: the lower lobe is posterior and caudal.
+                fissure = 0.50 * anatomy.chest_mm - 0.9 * (yy - yc)
+                lobe = (uu > fissure) if f.lobe == "lower" else (uu <= fissure)
+                region = lobe & (np.sign(xx) == f.side)
+                occ = np.clip(f.extent + 0.3 * patches, 0.0, 1.0) * region
+                consolidated = f.hu + 8.0 * patches
+                air_bronchogram = -900.0 * vessels + consolidated * (1.0 - vessels)
+                parenchyma = parenchyma * (1.0 - occ) + air_bronchogram * occ
+            elif f.kind == "effusion":
+                yc, xc = anatomy.lung_centre(f.side)
+                back = yc + ay * width
+                taper = np.clip((uu - 0.45 * anatomy.chest_mm) / (0.45 * anatomy.chest_mm), 0.0, 1.0)
+                fluid = (yy > back - f.extent * taper) & (np.sign(xx) == f.side) & (taper > 0)
+                parenchyma = np.where(fluid, f.hu, parenchyma)
+        vol = np.where(lung, parenchyma, vol)
+    return vol.astype(np.float32, copy=False)
+
+
+def _slices_for(u: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return np.nonzero((u >= lo) & (u <= hi))[0]
+
+
+def _index_range(coords: np.ndarray, lo: float, hi: float) -> slice:
+    step = float(coords[1] - coords[0]) if len(coords) > 1 else 1.0
+    start = int(max(0, math.floor((lo - coords[0]) / step)))
+    stop = int(min(len(coords), math.ceil((hi - coords[0]) / step) + 1))
+    return slice(start, max(start, stop))
+
+
+def _rasterize_vessels(segments: np.ndarray, u: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Partial-volume occupancy in [0, 1] of the vessel tubes: ``(len(u), H, W)``."""
+    occ = np.zeros((len(u), len(y), len(x)), np.float32)
+    if len(segments) == 0:
+        return occ
+    step = min(abs(float(y[1] - y[0])) if len(y) > 1 else 1.0, abs(float(x[1] - x[0])) if len(x) > 1 else 1.0)
+    r = np.maximum(segments[:, 6], segments[:, 7])
+    lo = np.minimum(segments[:, 0:3], segments[:, 3:6]) - r[:, None]
+    hi = np.maximum(segments[:, 0:3], segments[:, 3:6]) + r[:, None]
+    keep = (hi[:, 0] >= u.min()) & (lo[:, 0] <= u.max())
+    for seg, l, h in zip(segments[keep], lo[keep], hi[keep], strict=True):
+        ks = _slices_for(u, l[0], h[0])
+        sy = _index_range(y, l[1], h[1])
+        sx = _index_range(x, l[2], h[2])
+        if len(ks) == 0 or sy.stop <= sy.start or sx.stop <= sx.start:
+            continue
+        pu = u[ks][:, None, None] - seg[0]
+        py = y[sy][None, :, None] - seg[1]
+        px = x[sx][None, None, :] - seg[2]
+        du, dy, dx = seg[3] - seg[0], seg[4] - seg[1], seg[5] - seg[2]
+        length2 = max(du * du + dy * dy + dx * dx, 1e-6)
+        t = np.clip((pu * du + py * dy + px * dx) / length2, 0.0, 1.0)
+        dist = np.sqrt((pu - t * du) ** 2 + (py - t * dy) ** 2 + (px - t * dx) ** 2)
+        radius = seg[6] + t * (seg[7] - seg[6])
+        o = np.clip((radius - dist) / step + 0.5, 0.0, 1.0)
+        block = occ[ks, sy, sx]
+        occ[ks, sy, sx] = np.maximum(block, o)
+    return occ
+
+
+def _rasterize_blobs(
+    blobs: Sequence[Finding], u: np.ndarray, y: np.ndarray, x: np.ndarray, patches: np.ndarray
+) -> list[tuple[float, np.ndarray]]:
+    """Soft, patchy ellipsoids: one ``(hu, occupancy (len(u), H, W))`` per blob hitting the slab."""
+    out = []
+    for f in blobs:
+        (cu, cy, cx), (ru, ry, rx) = f.centre, f.radii
+        ks = _slices_for(u, cu - ru, cu + ru)
+        sy = _index_range(y, cy - ry, cy + ry)
+        sx = _index_range(x, cx - rx, cx + rx)
+        if len(ks) == 0 or sy.stop <= sy.start or sx.stop <= sx.start:
+            continue
+        q = ((u[ks][:, None, None] - cu) / ru) ** 2 + ((y[sy][None, :, None] - cy) / ry) ** 2 + ((x[sx][None, None, :] - cx) / rx) ** 2
+        local = np.clip((1.0 - q) * 2.5 + 0.35 * patches[ks, sy, sx], 0.0, 1.0) * (q < 1.0)
+        occ = np.zeros((len(u), len(y), len(x)), np.float32)
+        occ[ks, sy, sx] = local
+        out.append((f.hu, occ))
+    return out
+
+
+def breathing_shifts(n_slices: int, amplitude_mm: float, rng: np.random.Generator) -> np.ndarray:
+    """Per-slice cranio-caudal displacement (mm) of a patient breathing during the scan: ``(D,)``.
+
+    Slices are acquired one after the other; a breath takes several slices, so
+    neighbouring slices sample the anatomy at different breathing phases.
+    """
+    period = rng.uniform(5.0, 9.0)
+    phase = rng.uniform(0.0, 2.0 * math.pi)
+    k = np.arange(n_slices, dtype=np.float32)
+    return (amplitude_mm * np.sin(2.0 * math.pi * k / period + phase)).astype(np.float32)
+
+
+def _streaks(shape_hw: tuple[int, int], y: np.ndarray, x: np.ndarray, rng: np.random.Generator, amplitude: float) -> np.ndarray:
+    """Motion streaks through one slice: a few bright/dark lines ``(H, W)`` in HU."""
+    yy, xx = y[:, None], x[None, :]
+    out = np.zeros(shape_hw, np.float32)
+    for _ in range(int(rng.integers(3, 7))):
+        theta = rng.uniform(0.0, math.pi)
+        py, px = rng.uniform(-60.0, 60.0, 2)
+        dist = (yy - py) * math.cos(theta) - (xx - px) * math.sin(theta)
+        sign = 1.0 if rng.random() < 0.5 else -1.0
+        out += sign * amplitude * np.exp(-(dist**2) / 4.0)
+    return out
+
+
+def draw_chest(
+    shape: tuple[int, int, int],
+    spacing_mm: tuple[float, float, float],
+    anatomy: Anatomy,
+    findings: Sequence[Finding] = (),
+    *,
+    contrast: bool = False,
+    u_start_mm: float = 0.0,
+    motion_mm: float = 0.0,
+    noise_hu: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Draw one axial chest CT.
+
+    Args:
+        shape: ``(D, H, W)`` voxels.
+        spacing_mm: ``(slice step, row spacing, column spacing)`` in mm.
+        anatomy: the patient (see :func:`random_anatomy`).
+        findings: lung findings (see :func:`covid_findings`, :func:`other_pneumonia_findings`).
+        contrast: iodinated contrast: heart, aorta and vessels enhance to ~+250 HU.
+        u_start_mm: depth (mm below the planned top) of the first slice centre.
+        motion_mm: amplitude of a breathing artefact (0: none). Slices are misregistered
+            along z, half of them are doubled (two breathing phases averaged) and streaked.
+        noise_hu: standard deviation of Gaussian noise (HU).
+        rng: stream for noise and motion (required when either is used).
+
+    Returns:
+        ``(D, H, W)`` float32 HU, whole numbers clipped to [-1024, 3071].
+    """
+    d, h, w = shape
+    dz, dy, dx = spacing_mm
+    if (noise_hu > 0 or motion_mm > 0) and rng is None:
+        raise ValueError("rng: required when noise_hu or motion_mm is set")
+    u = (u_start_mm + np.arange(d, dtype=np.float32) * np.float32(dz)).astype(np.float32)
+    y, x = _axis(h, dy), _axis(w, dx)
+    base, masks = _base_slice(anatomy, y, x, contrast)
+    ghost = np.zeros(d, bool)
+    if motion_mm > 0:
+        assert rng is not None
+        shifts = breathing_shifts(d, motion_mm, rng)
+        u = u + shifts
+        ghost = rng.random(d) < 0.5
+        ghost_u = u + np.float32(motion_mm) * rng.choice([-1.0, 1.0], d).astype(np.float32)
+    vol = np.empty(shape, np.float32)
+    for start in range(0, d, _SLAB):
+        stop = min(d, start + _SLAB)
+        vol[start:stop] = _draw_slab(anatomy, findings, u[start:stop], y, x, base, masks, contrast)
+    if motion_mm > 0:
+        assert rng is not None
+        idx = np.nonzero(ghost)[0]
+        for start in range(0, len(idx), _SLAB):
+            ks = idx[start : start + _SLAB]
+            second = _draw_slab(anatomy, findings, ghost_u[ks], y, x, base, masks, contrast)
+            vol[ks] = 0.5 * (vol[ks] + second)
+        for k in idx:
+            vol[k] += _streaks((h, w), y, x, rng, amplitude=float(rng.uniform(120.0, 300.0))) * masks["body"]
+    if noise_hu > 0:
+        assert rng is not None
+        vol += rng.standard_normal(shape, dtype=np.float32) * np.float32(noise_hu)
+    np.rint(vol, out=vol)
+    np.clip(vol, HU_MIN, HU_MAX, out=vol)
+    return vol
+
+
+def draw_projection(anatomy: Anatomy, findings: Sequence[Finding], *, size: tuple[int, int], spacing_mm: tuple[float, float], axis: str = "coronal") -> np.ndarray:
+    """A scout (localizer) projection image through the chest.
+
+    Args:
+        anatomy: the patient.
+        findings: lung findings (they show faintly, as on a real scout).
+        size: ``(rows, columns)``; rows run cranio-caudally.
+        spacing_mm: ``(row, column)`` pixel spacing (mm).
+        axis: ``coronal`` (antero-posterior projection) or ``sagittal`` (lateral).
+
+    Returns:
+        ``(rows, columns)`` float32 whole numbers in [-1024, 3071], mean HU along the rays
+        stretched to look like a radiograph.
+    """
+    rows, cols = size
+    depth_n = max(8, int(440.0 / 4.0))
+    shape = (rows, depth_n, cols) if axis == "coronal" else (rows, cols, depth_n)
+    spacing = (spacing_mm[0], 4.0, spacing_mm[1]) if axis == "coronal" else (spacing_mm[0], spacing_mm[1], 4.0)
+    vol = draw_chest(shape, spacing, anatomy, findings, u_start_mm=-20.0)
+    ray_axis = 1 if axis == "coronal" else 2
+    mean = (vol - AIR_HU).mean(axis=ray_axis)
+    img = AIR_HU + 4.0 * mean
+    np.rint(img, out=img)
+    return np.clip(img, HU_MIN, HU_MAX).astype(np.float32)

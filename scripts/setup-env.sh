@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create or update ./.venv from requirements.lock (idempotent: a stamp skips a finished install).
+# torch goes first and alone: `torch==2.13.0` resolves to the CPU wheel on our machines, while a
+# torch pulled in as someone's dependency would be a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+"$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
+  || { echo "setup-env: Python 3.11 is required, found $("$PY" --version 2>&1)" >&2; exit 1; }
+
+stamp_of() { cat requirements.lock pyproject.toml scripts/setup-env.sh | sha256sum | cut -c1-16; }
+want=$(stamp_of)
+if [ -f .venv/.covidnet-stamp ] && [ "$(cat .venv/.covidnet-stamp)" = "$want" ]; then
+  exit 0
+fi
+echo "setup-env: installing the environment into .venv (a few minutes the first time)" >&2
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip==24.3.1"
+.venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.lock
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+.venv/bin/python -m pip check >&2
+echo "$want" > .venv/.covidnet-stamp

@@ -1,0 +1,45 @@
+"""Print what `dvc repro` produced and where (run by scripts/demo.sh)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from covidnet.params import load_params
+from covidnet.stages import Paths
+
+
+def _size(path: Path) -> str:
+    total = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    return f"{total / 2**20:.1f} MiB"
+
+
+def main() -> None:
+    params = load_params()
+    paths = Paths.from_params(params)
+    synthetic = params.get("data", {}).get("source") == "synthetic"
+    print()
+    print(f"== COVIDNet data stages: profile '{params['profile']}'" + (" -- SYNTHETIC cohort ==" if synthetic else " =="))
+    flow = json.loads((paths.flow / "flow.json").read_text())
+    print((paths.flow / "flow.md").read_text())
+    index = pd.read_csv(paths.preprocessed / "index.csv")
+    qc = pd.read_csv(paths.preprocessed / "qc.csv")
+    rows = [
+        ("DICOM tree", paths.dicom, _size(paths.dicom)),
+        ("manifest", paths.manifest, "patients.csv, scans.csv"),
+        ("header tables", paths.index, "series.csv, files.csv, skipped.csv"),
+        ("validation", paths.validation, "results.json, data_docs/index.html"),
+        ("cohort + exclusions", paths.cohort, "cohort.csv, exclusions.csv, flow.json"),
+        ("split", paths.split, f"{len(pd.read_csv(paths.split))} scans"),
+        ("tensors", paths.preprocessed, f"{len(index)} tensors, {_size(paths.preprocessed / 'tensors')}, qc.csv ({len(qc)} rows)"),
+        ("cohort metrics", paths.metrics, "dvc metrics show"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, path, what in rows:
+        print(f"  {name:<{width}}  {str(path):<32} {what}")
+
+
+if __name__ == "__main__":
+    main()

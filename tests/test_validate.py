@@ -227,7 +227,7 @@ def test_spacing_out_of_range(tmp_path, params):
     low, high = params.pixel_spacing_mm
     assert (
         f"series table: column 'pixel_spacing_mm' has 1 value(s) outside [{low}, {int(high)}]: "
-        "7.5 (series 1.2.3.1, study 1.2.3)"
+        "7.5 (patient P02, series 1.2.3.1)"
     ) in report.format()
     summary = json.loads((out / "results.json").read_text())
     (entry,) = summary["suites"]["series"]["failed_expectations"]
@@ -236,11 +236,17 @@ def test_spacing_out_of_range(tmp_path, params):
 
 def test_too_few_slices(tmp_path, params):
     _, _, series = _cohort()
-    series.loc[0, "n_slices"] = params.slices[0] - 1
-    report, _ = _run(tmp_path, params, series=series)
+    series.loc[series["selected"], "n_slices"] = params.slices[0] - 1  # all 8 selected series
+    report, out = _run(tmp_path, params, series=series)
     (failure,) = _one_failure(report, "n_slices")
-    assert f"{params.slices[0] - 1} (series 1.2.1.1, study 1.2.1)" in report.format()
-    assert failure.unexpected_count == 1
+    assert failure.unexpected_count == 8
+    text = report.format()
+    assert f"series table: column 'n_slices' has 8 value(s) outside [{params.slices[0]}, {params.slices[1]}]: " in text
+    assert f"{params.slices[0] - 1} (patient P01, series 1.2.1.1; patient P01, series 1.2.2.1;" in text
+    assert "... (3 more in results.json)" in text  # long UIDs: a few in the message, all in the file
+    summary = json.loads((out / "results.json").read_text())
+    (entry,) = summary["suites"]["series"]["failed_expectations"]
+    assert len(entry["examples"]) == 8
 
 
 def test_date_mismatch_between_manifest_and_headers(tmp_path, params):
@@ -251,7 +257,7 @@ def test_date_mismatch_between_manifest_and_headers(tmp_path, params):
     assert failure.examples[0]["shown"] == {"study_date": "2020-02-10", "scan_date": "2020-02-09"}
     assert (
         "series table: column 'study_date' has 1 value(s) where DICOM study date differs from scans.csv scan_date: "
-        "study_date '2020-02-10' vs scan_date '2020-02-09' (series 1.2.2.1, study 1.2.2)"
+        "study_date '2020-02-10' vs scan_date '2020-02-09' (patient P01, series 1.2.2.1)"
     ) in report.format()
 
 

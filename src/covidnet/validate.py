@@ -88,6 +88,8 @@ _LINE = "line"  # 1-based CSV line number (the header is line 1)
 _ROW = "row"  # 0-based row of the series table
 _LABEL = "patient_label"  # the patient's label, joined in for date rules scoped to COVID-19
 _MATCH = "scan_date_matches"
+# Examples located by UIDs that Failure.format() prints (results.json keeps max_examples).
+_FORMAT_UID_EXAMPLES = 5
 
 
 @dataclass(frozen=True)
@@ -165,10 +167,13 @@ class Failure:
 
     def format(self) -> str:
         """``<source>: <message>: <value> (<where>), ...``."""
-        rendered = _render_examples(self.examples)
-        more = self.unexpected_count - len(self.examples)
+        # Line numbers are short, so every kept example is shown; UIDs are long: a few.
+        by_line = all(_LINE in e for e in self.examples)
+        shown = self.examples if by_line else self.examples[:_FORMAT_UID_EXAMPLES]
+        rendered = _render_examples(shown)
+        more = self.unexpected_count - len(shown)
         if rendered and more > 0:
-            rendered += f", ... ({more} more)"
+            rendered += f", ... ({more} more in {RESULTS_FILE})"
         return f"{self.source}: {self.message}" + (f": {rendered}" if rendered else "")
 
 
@@ -467,15 +472,17 @@ def _where(example: dict[str, Any]) -> str:
     if _LINE in example:
         return f"line {example[_LINE]}"
     parts = []
+    if example.get("patient_id"):
+        parts.append(f"patient {example['patient_id']}")
     if example.get("series_uid"):
         parts.append(f"series {example['series_uid']}")
-    if example.get("study_uid"):
+    elif example.get("study_uid"):
         parts.append(f"study {example['study_uid']}")
-    return ", ".join(parts) or f"row {example.get(_ROW)}"
+    return ", ".join(parts) or f"series table row {example.get(_ROW)}"
 
 
 def _render_examples(examples: list[dict[str, Any]]) -> str:
-    """Group examples by value: ``'P2' (lines 3, 4)``, ``7.5 (series 1.2.3, study 1.2)``."""
+    """Group examples by value: ``'P2' (lines 3, 4)``, ``7.5 (patient P2, series 1.2.3)``."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for example in examples:
         shown = example.get("shown")
@@ -641,7 +648,7 @@ def validate_cohort(
 
     patient_ids = sorted({p for p in patients["patient_id"] if p is not None})
     study_uids = sorted({s for s in scans["study_uid"] if s is not None})
-    series_index = [_ROW, "study_uid", "series_uid"]
+    series_index = [_ROW, "patient_id", "study_uid", "series_uid"]
     tables = {
         "patients": (patients, _patients_suite(gx, params, known_hospitals), [_LINE]),
         "scans": (scans, _scans_suite(gx, params, patient_ids), [_LINE]),

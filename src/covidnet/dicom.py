@@ -33,7 +33,10 @@ SERIES_COLUMNS = (
     "columns", "n_files", "n_slices", "pixel_spacing_mm", "slice_thickness_mm",
     "slice_spacing_mm", "eligible", "reason", "selected", "selection",
 )
-FILE_COLUMNS = ("series_uid", "slice_index", "path", "position_mm", "rescale_intercept", "rescale_slope")
+FILE_COLUMNS = ("series_uid", "slice_index", "path", "position_mm", "rescale_intercept", "rescale_slope",
+                "pixel_offset", "bits_stored", "pixel_representation")
+#: Transfer syntaxes whose pixel data are plain little-endian integers, readable in place.
+_NATIVE_LE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
 SKIPPED_COLUMNS = ("path", "reason")
 
 
@@ -74,6 +77,9 @@ class SliceHeader:
     slice_thickness: float | None
     rescale_intercept: float
     rescale_slope: float
+    pixel_offset: int = -1
+    bits_stored: int = 16
+    pixel_representation: int = 0
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,14 @@ def read_header(path: Path | str) -> SliceHeader | str:
         syntax = str(ds.file_meta.TransferSyntaxUID)
     except AttributeError:
         syntax = ""
+    bits_allocated = int(ds.get("BitsAllocated", 0) or 0)
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    # Native 16-bit little-endian pixels can be read in place, row by row, without a decoder.
+    offset = -1
+    if (syntax in _NATIVE_LE and bits_allocated == 16 and tell is not None
+            and length == rows * columns * 2 and int(ds.get("SamplesPerPixel", 1) or 1) == 1
+            and int(ds.get("NumberOfFrames", 1) or 1) == 1):
+        offset = int(tell)
     spacing = _floats(ds, "PixelSpacing", 2)
     thickness = ds.get("SliceThickness")
     try:
@@ -176,14 +190,17 @@ def read_header(path: Path | str) -> SliceHeader | str:
         model=_text(ds, "ManufacturerModelName"),
         kernel=_text(ds, "ConvolutionKernel"),
         transfer_syntax=syntax,
-        rows=int(ds.get("Rows", 0) or 0),
-        columns=int(ds.get("Columns", 0) or 0),
+        rows=rows,
+        columns=columns,
         pixel_spacing=spacing,  # type: ignore[arg-type]
         orientation=_floats(ds, "ImageOrientationPatient", 6),
         position=position,  # type: ignore[arg-type]
         slice_thickness=thickness_mm,
         rescale_intercept=intercept,
         rescale_slope=slope,
+        pixel_offset=offset,
+        bits_stored=int(ds.get("BitsStored", bits_allocated) or bits_allocated),
+        pixel_representation=int(ds.get("PixelRepresentation", 0) or 0),
     )
 
 
@@ -397,19 +414,34 @@ def index_headers(headers: Sequence[SliceHeader | str], paths: Sequence[Path | s
         assessment = assess_series(slices, params)
         rows.append(_series_row(slices, assessment))
         if assessment.eligible:
-            for i, (h, z) in enumerate(zip(assessment.slices, assessment.positions_mm)):
-                files.append({
-                    "series_uid": series_uid, "slice_index": i,
-                    "path": Path(h.path).relative_to(root).as_posix(), "position_mm": z,
-                    "rescale_intercept": h.rescale_intercept, "rescale_slope": h.rescale_slope,
-                })
+            files.append(files_frame(assessment, root))
     series = pd.DataFrame(rows, columns=list(SERIES_COLUMNS))
     _select_per_study(series)
     return DicomIndex(
         series=series,
-        files=pd.DataFrame(files, columns=list(FILE_COLUMNS)),
+        files=pd.concat(files, ignore_index=True) if files else pd.DataFrame(columns=list(FILE_COLUMNS)),
         skipped=pd.DataFrame(skipped, columns=list(SKIPPED_COLUMNS)),
     )
+
+
+def files_frame(assessment: SeriesAssessment, root: Path | str = "/") -> pd.DataFrame:
+    """The files table of one assessed series: one row per slice, in slice order.
+
+    ``path`` is made relative to ``root``; ``pixel_offset`` is the byte offset of native
+    little-endian 16-bit pixel data (-1 when a decoder is needed).
+    """
+    root = Path(root)
+    return pd.DataFrame({
+        "series_uid": [h.series_uid for h in assessment.slices],
+        "slice_index": np.arange(len(assessment.slices)),
+        "path": [Path(h.path).relative_to(root).as_posix() for h in assessment.slices],
+        "position_mm": list(assessment.positions_mm),
+        "rescale_intercept": [h.rescale_intercept for h in assessment.slices],
+        "rescale_slope": [h.rescale_slope for h in assessment.slices],
+        "pixel_offset": [h.pixel_offset for h in assessment.slices],
+        "bits_stored": [h.bits_stored for h in assessment.slices],
+        "pixel_representation": [h.pixel_representation for h in assessment.slices],
+    }, columns=list(FILE_COLUMNS))
 
 
 def _select_per_study(series: pd.DataFrame) -> None:
@@ -445,21 +477,55 @@ def index_tree(root: Path | str, params: SeriesParams, progress: bool = False) -
     return index_headers(headers, paths, root, params)
 
 
-def read_slice_hu(path: Path | str, intercept: float, slope: float) -> np.ndarray:
-    """Decode one file's pixels to HU.
+def read_stored(path: Path | str, pixel_offset: int = -1, bits_stored: int = 16, pixel_representation: int = 0,
+                shape: tuple[int, int] | None = None, rows: tuple[int, int] | None = None) -> np.ndarray:
+    """Read one file's stored pixel values (before the rescale), optionally only some rows.
+
+    Native little-endian 16-bit pixel data (``pixel_offset >= 0``, with ``shape`` known) is
+    read in place, only the rows asked for; anything else goes through pydicom's decoders.
+
+    Args:
+        path: the file.
+        pixel_offset: byte offset of native pixel data, or -1 to decode with pydicom.
+        bits_stored: BitsStored (values are masked or sign-extended to it).
+        pixel_representation: 0 unsigned, 1 signed.
+        shape: ``(Rows, Columns)``; needed for the in-place read.
+        rows: ``(first, stop)`` rows to return; all rows when None.
 
     Returns:
-        ``(H, W)`` float32 array in HU.
+        ``(n_rows, W)`` integer array.
 
     Raises:
-        SeriesReadError: the pixel data cannot be decoded; the message names the file.
+        SeriesReadError: the pixel data cannot be read or decoded; the message names the file.
     """
+    if pixel_offset >= 0 and shape is not None:
+        r0, r1 = rows if rows is not None else (0, shape[0])
+        dtype = np.dtype("<i2" if pixel_representation else "<u2")
+        count = (r1 - r0) * shape[1]
+        try:
+            out = np.fromfile(path, dtype=dtype, count=count, offset=pixel_offset + r0 * shape[1] * 2)
+        except OSError as exc:
+            raise SeriesReadError(f"{path}: cannot read pixel data: {exc}") from exc
+        if out.size != count:
+            raise SeriesReadError(f"{path}: truncated pixel data ({out.size} of {count} values)")
+        out = out.reshape(r1 - r0, shape[1])
+        if bits_stored < 16:  # keep only the stored bits (sign-extended when signed), as pydicom does
+            shift = 16 - bits_stored
+            out = (out << shift) >> shift if pixel_representation else out & ((1 << bits_stored) - 1)
+        return out
     from pydicom.pixels import pixel_array
 
     try:
         stored = pixel_array(str(path))
-    except Exception as exc:  # noqa: BLE001 - decoders raise many types; re-raised with the file named
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types; re-raised naming the file
         raise SeriesReadError(f"{path}: cannot decode pixel data: {type(exc).__name__}: {exc}") from exc
+    if shape is not None and stored.shape != tuple(shape):
+        raise SeriesReadError(f"{path}: slice size {stored.shape} differs from the series' {tuple(shape)}")
+    return stored if rows is None else stored[rows[0] : rows[1]]
+
+
+def to_hu(stored: np.ndarray, intercept: float, slope: float) -> np.ndarray:
+    """``stored * slope + intercept`` as float32 HU."""
     out = stored.astype(np.float32)
     if slope != 1.0:
         out *= np.float32(slope)
@@ -468,7 +534,7 @@ def read_slice_hu(path: Path | str, intercept: float, slope: float) -> np.ndarra
     return out
 
 
-def read_volume_hu(files: pd.DataFrame, root: Path | str) -> np.ndarray:
+def read_volume_hu(files: pd.DataFrame, root: Path | str, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Read a whole series (rows of the files table, in slice order) to HU.
 
     Returns:
@@ -476,5 +542,7 @@ def read_volume_hu(files: pd.DataFrame, root: Path | str) -> np.ndarray:
     """
     root = Path(root)
     return np.stack([
-        read_slice_hu(root / r.path, r.rescale_intercept, r.rescale_slope) for r in files.itertuples()
+        to_hu(read_stored(root / r.path, r.pixel_offset, r.bits_stored, r.pixel_representation, shape),
+              r.rescale_intercept, r.rescale_slope)
+        for r in files.itertuples()
     ])

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from covidnet.atomic import atomic_path, write_csv
-from covidnet.dicom import SeriesReadError
+from covidnet.dicom import SeriesReadError, read_stored, to_hu
 
 log = logging.getLogger(__name__)
 
@@ -143,79 +143,66 @@ def resize_crop(volume: np.ndarray, depth: int, size: int, crop: int) -> np.ndar
     return resized[:, s : s + crop, s : s + crop].numpy()
 
 
-def _stored_to_scaled(block: np.ndarray, intercept: float, slope: float, p: PreprocessParams) -> np.ndarray:
-    hu = block.astype(np.float32)
-    if slope != 1.0:
-        hu *= np.float32(slope)
-    if intercept != 0.0:
-        hu += np.float32(intercept)
-    return clip_scale(hu, p.hu_min, p.hu_max)
-
-
 def preprocess_series(files: pd.DataFrame, root: Path | str, params: PreprocessParams,
-                      with_qc: bool = True) -> tuple[np.ndarray, dict]:
+                      shape: tuple[int, int] | None = None, with_qc: bool = True) -> tuple[np.ndarray, dict]:
     """One series from files to the model tensor, reading only what the output needs.
 
     Args:
-        files: the series' rows of the files table (``path``, ``rescale_intercept``,
-            ``rescale_slope``), sorted by position along the slice normal.
+        files: the series' rows of the files table (:data:`covidnet.dicom.FILE_COLUMNS`),
+            sorted by position along the slice normal.
         root: the folder ``files.path`` is relative to.
         params: preprocessing parameters.
-        with_qc: also compute the QC values (from the slices already decoded).
+        shape: ``(Rows, Columns)`` of the slices if known (lets native pixel data be read
+            row by row); otherwise learnt from the first slice.
+        with_qc: also compute the QC values (from a sample of the slices read).
 
     Returns:
         ``(tensor, qc)``: the ``(1, depth, crop, crop)`` float32 tensor in [0, 1] and a dict
         of QC values (empty when ``with_qc`` is False).
 
     Raises:
-        SeriesReadError: a slice cannot be decoded or has another size than the first.
+        SeriesReadError: a slice cannot be read, or has another size than the first.
     """
-    from pydicom.pixels import pixel_array
-
     root = Path(root)
     n = len(files)
     if n == 0:
         raise SeriesReadError("preprocess_series: the series has no files")
     d_lo, d_hi, d_w = linear_taps(n, params.depth)
     needed = np.unique(np.concatenate([d_lo, d_hi]))
-    paths = files["path"].to_numpy()
-    intercepts = files["rescale_intercept"].to_numpy(dtype=np.float64)
-    slopes = files["rescale_slope"].to_numpy(dtype=np.float64)
-
+    rec = files.reset_index(drop=True)
+    if shape is None:
+        first = rec.iloc[int(needed[0])]
+        shape = read_stored(root / first.path, first.pixel_offset, first.bits_stored,
+                            first.pixel_representation).shape
+    h, w = shape
     start = crop_start(params.size, params.crop)
+    r_lo, r_hi, r_w = linear_taps(h, params.size, start, params.crop)
+    c_lo, c_hi, c_w = linear_taps(w, params.size, start, params.crop)
+    r0, r1 = int(min(r_lo.min(), r_hi.min())), int(max(r_lo.max(), r_hi.max())) + 1
+    c0, c1 = int(min(c_lo.min(), c_hi.min())), int(max(c_lo.max(), c_hi.max())) + 1
+    r_lo, r_hi, c_lo, c_hi = r_lo - r0, r_hi - r0, c_lo - c0, c_hi - c0
+
     blocks: dict[int, np.ndarray] = {}
     qc_slices: list[np.ndarray] = []
-    shape = None
-    r_lo = r_hi = r_w = c_lo = c_hi = c_w = None
     qc_every = max(1, len(needed) // 8)
     for k, idx in enumerate(needed):
-        path = root / paths[idx]
-        try:
-            stored = pixel_array(str(path))
-        except Exception as exc:  # noqa: BLE001 - decoders raise many types; re-raised naming the file
-            raise SeriesReadError(f"{path}: cannot decode pixel data: {type(exc).__name__}: {exc}") from exc
-        if shape is None:
-            shape = stored.shape
-            h, w = shape
-            r_lo, r_hi, r_w = linear_taps(h, params.size, start, params.crop)
-            c_lo, c_hi, c_w = linear_taps(w, params.size, start, params.crop)
-            rows = np.unique(np.concatenate([r_lo, r_hi]))
-            cols = np.unique(np.concatenate([c_lo, c_hi]))
-            r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-            r_lo, r_hi, c_lo, c_hi = r_lo - r0, r_hi - r0, c_lo - c0, c_hi - c0
-        elif stored.shape != shape:
-            raise SeriesReadError(f"{path}: slice size {stored.shape} differs from the series' {shape}")
-        # Only the rows and columns under the crop are converted to float.
-        block = _stored_to_scaled(stored[r0:r1, c0:c1], intercepts[idx], slopes[idx], params)
+        r = rec.iloc[int(idx)]
+        qc_slice = with_qc and k % qc_every == 0
+        # Only the rows under the crop are read (native data) and only the rows and columns
+        # under it are converted to float; a QC slice is read whole.
+        stored = read_stored(root / r.path, r.pixel_offset, r.bits_stored, r.pixel_representation, shape,
+                             rows=None if qc_slice else (r0, r1))
+        if qc_slice:
+            qc_slices.append(to_hu(stored[::2, ::2], r.rescale_intercept, r.rescale_slope))
+            stored = stored[r0:r1]
+        block = clip_scale(to_hu(stored[:, c0:c1], r.rescale_intercept, r.rescale_slope), params.hu_min, params.hu_max)
         block = block[r_lo] * (1.0 - r_w)[:, None] + block[r_hi] * r_w[:, None]
         blocks[int(idx)] = block[:, c_lo] * (1.0 - c_w) + block[:, c_hi] * c_w
-        if with_qc and k % qc_every == 0:
-            qc_slices.append(stored[::2, ::2].astype(np.float32) * np.float32(slopes[idx]) + np.float32(intercepts[idx]))
     out = np.empty((1, params.depth, params.crop, params.crop), dtype=np.float32)
     for i in range(params.depth):
-        lo, hi, w = int(d_lo[i]), int(d_hi[i]), d_w[i]
-        np.multiply(blocks[lo], 1.0 - w, out=out[0, i])
-        out[0, i] += blocks[hi] * w
+        lo, hi, wd = int(d_lo[i]), int(d_hi[i]), d_w[i]
+        np.multiply(blocks[lo], 1.0 - wd, out=out[0, i])
+        out[0, i] += blocks[hi] * wd
     qc = _qc(np.stack(qc_slices), params) if with_qc else {}
     return out, qc
 
@@ -251,14 +238,14 @@ def scan_id(series_uid: str, params: PreprocessParams) -> str:
     return f"{series_uid}-{params.key}"
 
 
-def _one_scan(args: tuple[dict, pd.DataFrame, str, str, PreprocessParams]) -> dict:
-    row, files, root, tensor_dir, params = args
+def _one_scan(args: tuple[dict, pd.DataFrame, tuple[int, int], str, str, PreprocessParams]) -> dict:
+    row, files, shape, root, tensor_dir, params = args
     sid = scan_id(row["series_uid"], params)
     tensor_path = Path(tensor_dir) / f"{sid}.npy"
     qc_path = Path(tensor_dir) / f"{sid}.qc.json"
     if tensor_path.is_file() and qc_path.is_file():
         return {**json.loads(qc_path.read_text()), "reused": True}
-    tensor, qc = preprocess_series(files, root, params)
+    tensor, qc = preprocess_series(files, root, params, shape=shape)
     qc = {
         "scan_id": sid, **qc,
         "n_slices": int(len(files)),
@@ -306,13 +293,14 @@ def preprocess_cohort(split: pd.DataFrame, series: pd.DataFrame, files: pd.DataF
     tensor_dir = out_dir / "tensors"
     tensor_dir.mkdir(parents=True, exist_ok=True)
     by_series = {uid: g.sort_values("slice_index") for uid, g in files.groupby("series_uid", sort=False)}
+    shapes = {r.series_uid: (int(r.rows), int(r.columns)) for r in series.itertuples()}
     jobs, rows = [], []
     for row in split.to_dict("records"):
         uid = row["series_uid"]
         if uid not in by_series:
             raise ValueError(f"series {uid} of study {row['study_uid']} is in the split but not in the files index")
         rows.append(row)
-        jobs.append((row, by_series[uid], str(dicom_root), str(tensor_dir), params))
+        jobs.append((row, by_series[uid], shapes[uid], str(dicom_root), str(tensor_dir), params))
 
     results: list[dict] = []
     workers = max(1, min(params.workers, len(jobs)))

@@ -39,7 +39,7 @@ BLOOD_CONTRAST_HU = 250.0
 HU_MIN = -1024.0
 HU_MAX = 3071.0
 
-_SLAB = 8  # slices drawn at once (keeps temporaries in cache)
+_SLAB_VOXELS = 1 << 21  # voxels drawn at once (keeps temporaries in cache)
 _LATTICE_COARSE_MM = 12.0
 _LATTICE_FINE_MM = 5.0
 
@@ -169,24 +169,36 @@ def _vessel_tree(rng: np.random.Generator, anatomy: Anatomy, side: int) -> np.nd
     """Branching tubes from the hilum, thinning towards the periphery: ``(N, 8)``."""
     yc, xc = anatomy.lung_centre(side)
     ay, ax = anatomy.lung_axes()
-    hilum = np.array([0.45 * anatomy.chest_mm, yc - 0.05 * ay, xc - side * 0.55 * ax])
+    hilum = np.array([0.45 * anatomy.chest_mm, yc - 0.05 * ay, xc - side * 0.45 * ax])
     trunks = [(-1.0, 0.1, 0.3 * side), (1.0, 0.2, 0.2 * side), (0.1, -0.5, 0.9 * side), (0.6, 0.8, 0.3 * side)]
     segments: list[tuple[float, ...]] = []
-    length0 = 0.30 * (anatomy.base_mm - anatomy.apex_mm)
+    length0 = 0.22 * (anatomy.base_mm - anatomy.apex_mm)
+
+    def inside(p: np.ndarray) -> bool:
+        w = max(float(anatomy.lung_width(p[0])), 1e-3)
+        q_full = ((p[1] - yc) / ay) ** 2 + ((p[2] - xc) / ax) ** 2
+        dome = anatomy.base_mm - anatomy.dome_mm * max(0.0, 1.0 - q_full)
+        return q_full / w**2 < 0.92 and anatomy.apex_mm + 4.0 < p[0] < dome - 4.0
 
     def grow(start: np.ndarray, direction: np.ndarray, length: float, radius: float, depth: int) -> None:
         direction = direction / np.linalg.norm(direction)
         end = start + direction * length
-        end[0] = np.clip(end[0], anatomy.apex_mm + 5.0, anatomy.base_mm)
-        segments.append((*start, *end, radius, radius * 0.8))
+        for _ in range(4):  # shorten a branch that would leave the lung
+            if inside(end):
+                break
+            length *= 0.6
+            end = start + direction * length
+        else:
+            return
+        segments.append((*start, *end, radius, radius * 0.85))
         if depth == 0:
             return
         for _ in range(2):
-            turn = rng.normal(0.0, 0.55, 3)
-            grow(end, direction + turn, length * 0.72, radius * 0.68, depth - 1)
+            turn = rng.normal(0.0, 0.6, 3)
+            grow(end, direction + turn, length * 0.75, radius * 0.7, depth - 1)
 
     for trunk in trunks:
-        grow(hilum.copy(), np.array(trunk, dtype=float) + rng.normal(0.0, 0.15, 3), length0, 5.5, 4)
+        grow(hilum.copy(), np.array(trunk, dtype=float) + rng.normal(0.0, 0.15, 3), length0, 6.0, 5)
     return np.asarray(segments, dtype=np.float32)
 
 
@@ -457,7 +469,7 @@ def _rasterize_blobs(
         if len(ks) == 0 or sy.stop <= sy.start or sx.stop <= sx.start:
             continue
         q = ((u[ks][:, None, None] - cu) / ru) ** 2 + ((y[sy][None, :, None] - cy) / ry) ** 2 + ((x[sx][None, None, :] - cx) / rx) ** 2
-        local = np.clip((1.0 - q) * 2.5 + 0.35 * patches[ks, sy, sx], 0.0, 1.0) * (q < 1.0)
+        local = np.clip((1.0 - q) * 2.5, 0.0, 1.0) * np.clip(0.55 + 0.6 * patches[ks, sy, sx], 0.0, 1.0)
         occ = np.zeros((len(u), len(y), len(x)), np.float32)
         occ[ks, sy, sx] = local
         out.append((f.hu, occ))
@@ -533,14 +545,15 @@ def draw_chest(
         ghost = rng.random(d) < 0.5
         ghost_u = u + np.float32(motion_mm) * rng.choice([-1.0, 1.0], d).astype(np.float32)
     vol = np.empty(shape, np.float32)
-    for start in range(0, d, _SLAB):
-        stop = min(d, start + _SLAB)
+    slab = max(1, _SLAB_VOXELS // (h * w))
+    for start in range(0, d, slab):
+        stop = min(d, start + slab)
         vol[start:stop] = _draw_slab(anatomy, findings, u[start:stop], y, x, base, masks, contrast)
     if motion_mm > 0:
         assert rng is not None
         idx = np.nonzero(ghost)[0]
-        for start in range(0, len(idx), _SLAB):
-            ks = idx[start : start + _SLAB]
+        for start in range(0, len(idx), slab):
+            ks = idx[start : start + slab]
             second = _draw_slab(anatomy, findings, ghost_u[ks], y, x, base, masks, contrast)
             vol[ks] = 0.5 * (vol[ks] + second)
         for k in idx:
@@ -568,9 +581,9 @@ def draw_projection(anatomy: Anatomy, findings: Sequence[Finding], *, size: tupl
         stretched to look like a radiograph.
     """
     rows, cols = size
-    depth_n = max(8, int(440.0 / 4.0))
+    depth_n = 55  # rays sampled every 8 mm over 440 mm
     shape = (rows, depth_n, cols) if axis == "coronal" else (rows, cols, depth_n)
-    spacing = (spacing_mm[0], 4.0, spacing_mm[1]) if axis == "coronal" else (spacing_mm[0], spacing_mm[1], 4.0)
+    spacing = (spacing_mm[0], 8.0, spacing_mm[1]) if axis == "coronal" else (spacing_mm[0], spacing_mm[1], 8.0)
     vol = draw_chest(shape, spacing, anatomy, findings, u_start_mm=-20.0)
     ray_axis = 1 if axis == "coronal" else 2
     mean = (vol - AIR_HU).mean(axis=ray_axis)

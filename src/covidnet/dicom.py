@@ -142,7 +142,7 @@ def read_header(path: Path | str) -> SliceHeader | str:
         return f"unreadable DICOM header: {type(exc).__name__}: {exc}"
     if "PixelData" not in ds:
         return "no pixel data (e.g. a DICOMDIR or a structured report)"
-    raw = ds.get_item("PixelData")
+    raw = ds.get_item(0x7FE00010, keep_deferred=True)
     length = getattr(raw, "length", None)
     tell = getattr(raw, "value_tell", None)
     if length is not None and tell is not None and length != 0xFFFFFFFF:

@@ -1,0 +1,130 @@
+"""The five data stages through the CLI and through a real DVC repository (tiny profile)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
+       "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+STAGES = ("synth", "validate", "exclude", "split", "preprocess")
+
+
+def run(cmd, cwd, check=True):
+    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _project(tmp_path: Path, profile: str = "tiny") -> Path:
+    """A copy of the project's pipeline files in a fresh git + DVC repository."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    shutil.copy(REPO / "dvc.yaml", proj)
+    text = (REPO / "params.yaml").read_text().replace("\nprofile: default", f"\nprofile: {profile}", 1)
+    (proj / "params.yaml").write_text(text)
+    shutil.copytree(REPO / "src", proj / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    run(["git", "init", "-q"], proj)
+    run(["dvc", "init", "-q"], proj)
+    run(["dvc", "config", "core.analytics", "false"], proj)
+    run(["git", "add", "-A"], proj)
+    run(["git", "commit", "-qm", "init"], proj)
+    return proj
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory):
+    proj = _project(tmp_path_factory.mktemp("dvc"))
+    first = run(["dvc", "repro"], proj)
+    return proj, first
+
+
+@pytest.mark.slow
+def test_dvc_repro_runs_all_stages(repro):
+    proj, first = repro
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in first.stdout
+    idx = pd.read_csv(proj / "data/preprocessed/index.csv")
+    split = pd.read_csv(proj / "data/interim/split.csv")
+    assert len(idx) == len(split) > 0
+    tensor = np.load(proj / "data/preprocessed" / idx.path[0])
+    assert tensor.shape == (1, 8, 24, 24) and tensor.dtype == np.float16  # tiny profile's D, C
+    assert (proj / "reports/validation/data_docs/index.html").is_file()
+    assert "Synthetic cohort" in (proj / "reports/flow/flow.md").read_text()
+
+
+@pytest.mark.slow
+def test_second_repro_does_nothing(repro):
+    proj, _ = repro
+    again = run(["dvc", "repro"], proj)
+    assert "Running stage" not in again.stdout
+    status = run(["dvc", "status", "--json"], proj)
+    assert json.loads(status.stdout or "{}") == {}
+
+
+@pytest.mark.slow
+def test_metrics_show_cohort_counts(repro):
+    proj, _ = repro
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], proj).stdout)
+    metrics = next(iter(shown.values()))["data"]["reports/metrics/cohort.json"]["data"]
+    assert metrics["synthetic"] is True
+    rec, inc = metrics["recruited"], metrics["included"]
+    assert rec["covid"]["patients"] + rec["non_covid"]["patients"] == 12  # tiny: synth.n_patients
+    assert set(metrics["excluded"]) >= {"pcr_gap", "motion_artifact", "contrast_only", "no_usable_series"}
+    assert sum(c["covid"]["patients"] + c["non_covid"]["patients"] for c in metrics["split"].values()) == \
+        inc["covid"]["patients"] + inc["non_covid"]["patients"]
+
+
+@pytest.mark.slow
+def test_planted_cases_are_caught(repro):
+    proj, _ = repro
+    planted = pd.read_csv(proj / "data/raw/manifest/planted.csv")
+    excl = pd.read_csv(proj / "data/interim/cohort/exclusions.csv", keep_default_na=False)
+    expected_rule = {"pcr_gap": "pcr_gap", "motion": "motion_artifact", "contrast_only": "contrast_only",
+                     "broken_series": "no_usable_series"}
+    for row in planted.itertuples():
+        rules = set(excl.loc[excl.patient_id == row.patient_id, "rule"])
+        assert expected_rule[row.case] in rules, (row, rules)
+
+
+def test_cli_stages_and_bad_manifest(tmp_path):
+    """The CLI alone (no DVC): a duplicate patient stops validate with a message naming it."""
+    proj = tmp_path
+    shutil.copy(REPO / "params.yaml", proj)
+    for stage in ("synth", "validate"):
+        run(["covidnet", stage, "--profile", "tiny", "-q"], proj)
+    patients = proj / "data/raw/manifest/patients.csv"
+    lines = patients.read_text().splitlines()
+    patients.write_text("\n".join(lines + [lines[1]]) + "\n")  # the first patient again
+    before = (proj / "reports/validation/results.json").read_text()
+    bad = run(["covidnet", "validate", "--profile", "tiny", "-q"], proj, check=False)
+    assert bad.returncode == 1
+    dup_id = lines[1].split(",")[0]
+    assert "patients.csv" in bad.stderr and dup_id in bad.stderr and f"lines 2, {len(lines) + 1}" in bad.stderr
+    assert json.loads((proj / "reports/validation/results.json").read_text())["success"] is False
+    assert before != (proj / "reports/validation/results.json").read_text()
+
+
+def test_cli_errors_name_the_problem(tmp_path):
+    missing = run(["covidnet", "exclude", "--params", str(tmp_path / "nope.yaml")], tmp_path, check=False)
+    assert missing.returncode == 2 and "nope.yaml: params file not found" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    shutil.copy(REPO / "params.yaml", tmp_path)
+    no_manifest = run(["covidnet", "validate", "--manifest", str(tmp_path / "none")], tmp_path, check=False)
+    assert no_manifest.returncode == 2 and "patients.csv: manifest file not found" in no_manifest.stderr
+
+
+def test_help_explains_each_stage():
+    out = run(["covidnet", "--help"], REPO).stdout
+    for stage in STAGES:
+        assert stage in out
+    assert "clip HU" in run(["covidnet", "preprocess", "--help"], REPO).stdout

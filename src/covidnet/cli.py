@@ -26,71 +26,67 @@ Every number comes from params.yaml (section per stage; `profile` picks override
 """
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", type=Path, default=Path("params.yaml"),
-                   help="params file (default: %(default)s)")
-    p.add_argument("--profile", default=None,
-                   help="apply profiles.<NAME> from the params file (default: its `profile` key)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+# name -> (one-line help, description, [(flag, paths field, help)])
+_STAGES: dict[str, tuple[str, str, list[tuple[str, str, str]]]] = {
+    "synth": (
+        "write a synthetic DICOM cohort and its manifest",
+        "Write a SYNTHETIC cohort as real DICOM (CT Image Storage) plus the clinical manifest, deterministic "
+        "for synth.seed. Anatomy phantoms in HU with COVID-19-like or other-pneumonia findings; hospitals with "
+        "their scanner profiles and encodings; planted cases for each exclusion rule (listed in planted.csv).",
+        [("--dicom", "dicom", "output DICOM folder"), ("--manifest", "manifest", "output manifest folder")],
+    ),
+    "validate": (
+        "index the DICOM tree and run the data-quality suites",
+        "Read every DICOM header under paths.dicom (non-DICOM files are listed in skipped.csv), assess and "
+        "choose one series per study (series.csv, files.csv), then run Great Expectations suites over the "
+        "manifest and the chosen series. Writes JSON results and GX Data Docs HTML; exits 1 listing every "
+        "failed expectation with the file, column, value and line.",
+        [("--dicom", "dicom", "DICOM folder"), ("--manifest", "manifest", "manifest folder"),
+         ("--index", "index", "output folder of the header tables"),
+         ("--out", "validation", "output folder of the results")],
+    ),
+    "exclude": (
+        "apply the paper's exclusion criteria",
+        "Exclude COVID-19 patients whose first CT is more than exclude.max_pcr_gap_days from the first positive "
+        "PCR, scans with severe motion artefacts, contrast-only studies and studies without a usable series. "
+        "Writes cohort.csv, exclusions.csv (rule and reason per patient/scan) and flow.json.",
+        [("--manifest", "manifest", "manifest folder"), ("--index", "index", "header tables folder"),
+         ("--out", "cohort", "output folder")],
+    ),
+    "split": (
+        "patient-level stratified split and the flow diagram",
+        "Assign patients to train/val/test by split.ratios (stratified by label, split.seed) after setting "
+        "apart the external cohort (split.external). Train and val keep every scan; test and external keep "
+        "each patient's first scan. Writes the split table, flow.json/flow.md (Fig. 1 form) and the cohort "
+        "metrics.",
+        [("--cohort", "cohort", "exclude stage output folder"), ("--out", "split", "split table")],
+    ),
+    "preprocess": (
+        "series -> (1, D, C, C) tensors and the QC table",
+        "For each scan of the split: clip HU to [hu_min, hu_max], scale to [0, 1], resize linearly to depth x "
+        "size x size, crop the central crop x crop (paper: 64, 512, 384). Stores tensors (preprocess.dtype) "
+        "with index.csv and a per-scan QC table (HU percentiles in the body, lung fraction, noise, spacing) "
+        "used as the drift reference. Runs preprocess.workers processes; reuses tensors already made with the "
+        "same parameters.",
+        [("--split", "split", "split table"), ("--index", "index", "header tables folder"),
+         ("--dicom", "dicom", "DICOM folder"), ("--out", "preprocessed", "output folder")],
+    ),
+}
+_PATH_FIELDS = ("dicom", "manifest", "index", "validation", "cohort", "split", "preprocessed")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="covidnet", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
-
-    p = sub.add_parser("synth", help="write a synthetic DICOM cohort and its manifest",
-                       description="Write a SYNTHETIC cohort as real DICOM (CT Image Storage) plus the clinical "
-                                   "manifest, deterministic for synth.seed. Anatomy phantoms in HU with COVID-19-like "
-                                   "or other-pneumonia findings; hospitals with their scanner profiles and encodings; "
-                                   "planted cases for each exclusion rule (listed in planted.csv).")
-    _add_common(p)
-    p.add_argument("--dicom", type=Path, help="output DICOM folder (default: paths.dicom)")
-    p.add_argument("--manifest", type=Path, help="output manifest folder (default: paths.manifest)")
-
-    p = sub.add_parser("validate", help="index the DICOM tree and run the data-quality suites",
-                       description="Read every DICOM header under paths.dicom (non-DICOM files are listed in "
-                                   "skipped.csv), assess and choose one series per study (series.csv, files.csv), "
-                                   "then run Great Expectations suites over the manifest and the chosen series. "
-                                   "Writes JSON results and GX Data Docs HTML; exits 1 listing every failed "
-                                   "expectation with the file, column, value and line.")
-    _add_common(p)
-    p.add_argument("--dicom", type=Path, help="DICOM folder (default: paths.dicom)")
-    p.add_argument("--manifest", type=Path, help="manifest folder (default: paths.manifest)")
-    p.add_argument("--index", type=Path, help="output folder of the header tables (default: paths.index)")
-    p.add_argument("--out", dest="validation", type=Path, help="output folder of the results (default: paths.validation)")
-
-    p = sub.add_parser("exclude", help="apply the paper's exclusion criteria",
-                       description="Exclude COVID-19 patients whose first CT is more than exclude.max_pcr_gap_days "
-                                   "from the first positive PCR, scans with severe motion artefacts, contrast-only "
-                                   "studies and studies without a usable series. Writes cohort.csv, exclusions.csv "
-                                   "(rule and reason per patient/scan) and flow.json.")
-    _add_common(p)
-    p.add_argument("--manifest", type=Path, help="manifest folder (default: paths.manifest)")
-    p.add_argument("--index", type=Path, help="header tables folder (default: paths.index)")
-    p.add_argument("--out", dest="cohort", type=Path, help="output folder (default: paths.cohort)")
-
-    p = sub.add_parser("split", help="patient-level stratified split and the flow diagram",
-                       description="Assign patients to train/val/test by split.ratios (stratified by label, "
-                                   "split.seed) after setting apart the external cohort (split.external). Train and "
-                                   "val keep every scan; test and external keep each patient's first scan. Writes "
-                                   "the split table, flow.json/flow.md (Fig. 1 form) and the cohort metrics.")
-    _add_common(p)
-    p.add_argument("--cohort", type=Path, help="exclude stage output folder (default: paths.cohort)")
-    p.add_argument("--out", dest="split", type=Path, help="split table (default: paths.split)")
-
-    p = sub.add_parser("preprocess", help="series -> (1, D, C, C) tensors and the QC table",
-                       description="For each scan of the split: clip HU to [hu_min, hu_max], scale to [0, 1], resize "
-                                   "linearly to depth x size x size, crop the central crop x crop (paper: 64, 512, "
-                                   "384). Stores tensors (preprocess.dtype) with index.csv and a per-scan QC table "
-                                   "(HU percentiles in the body, lung fraction, noise, spacing) used as the drift "
-                                   "reference. Runs preprocess.workers processes; reuses tensors already made with "
-                                   "the same parameters.")
-    _add_common(p)
-    p.add_argument("--split", type=Path, help="split table (default: paths.split)")
-    p.add_argument("--index", type=Path, help="header tables folder (default: paths.index)")
-    p.add_argument("--dicom", type=Path, help="DICOM folder (default: paths.dicom)")
-    p.add_argument("--out", dest="preprocessed", type=Path, help="output folder (default: paths.preprocessed)")
+    for name, (short, description, flags) in _STAGES.items():
+        p = sub.add_parser(name, help=short, description=description)
+        p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+        p.add_argument("--profile", default=None,
+                       help="apply profiles.<NAME> from the params file (default: its `profile` key)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+        for flag, field, text in flags:
+            p.add_argument(flag, dest=field, type=Path, help=f"{text} (default: paths.{field} in the params file)")
     return parser
 
 
@@ -99,8 +95,7 @@ def _run(args: argparse.Namespace) -> int:
     from covidnet.params import load_params
 
     params = load_params(args.params, profile=args.profile)
-    overrides = {k: getattr(args, k, None) for k in
-                 ("dicom", "manifest", "index", "validation", "cohort", "split", "preprocessed")}
+    overrides = {k: getattr(args, k, None) for k in _PATH_FIELDS}
     paths = stages.Paths.from_params(params, **overrides)
     progress = not args.quiet
     cmd = args.command

@@ -37,6 +37,7 @@ FILE_COLUMNS = ("series_uid", "slice_index", "path", "position_mm", "rescale_int
                 "pixel_offset", "bits_stored", "pixel_representation")
 #: Transfer syntaxes whose pixel data are plain little-endian integers, readable in place.
 _NATIVE_LE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 SKIPPED_COLUMNS = ("path", "reason")
 
 
@@ -141,11 +142,18 @@ def read_header(path: Path | str) -> SliceHeader | str:
     except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
         return f"unreadable DICOM header: {type(exc).__name__}: {exc}"
     if "PixelData" not in ds:
+        sop_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+        if ("Rows" in ds and "Columns" in ds) or (sop_class is not None and "Image Storage" in sop_class.name):
+            # pydicom stops quietly at the end of a file: an image without its pixels was cut short.
+            return (f"an image ({sop_class.name if sop_class else 'Rows/Columns set'}) without complete pixel data: "
+                    f"truncated or stripped ({os.path.getsize(path)} bytes)")
         return "no pixel data (e.g. a DICOMDIR or a structured report)"
     raw = ds.get_item(0x7FE00010, keep_deferred=True)
     length = getattr(raw, "length", None)
     tell = getattr(raw, "value_tell", None)
-    if length is not None and tell is not None and length != 0xFFFFFFFF:
+    deflated = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")) == _DEFLATED
+    # Offsets of a deflated file are in the inflated stream: no size check there.
+    if length is not None and tell is not None and length != 0xFFFFFFFF and not deflated:
         size = os.path.getsize(path)
         if tell + length > size:
             return f"truncated: pixel data needs {tell + length} bytes, file has {size}"
@@ -513,10 +521,11 @@ def read_stored(path: Path | str, pixel_offset: int = -1, bits_stored: int = 16,
             shift = 16 - bits_stored
             out = (out << shift) >> shift if pixel_representation else out & ((1 << bits_stored) - 1)
         return out
-    from pydicom.pixels import pixel_array
+    import pydicom
 
     try:
-        stored = pixel_array(str(path))
+        # Through a dataset (not pydicom.pixels.pixel_array(path)): that also reads deflated files.
+        stored = pydicom.dcmread(str(path)).pixel_array
     except Exception as exc:  # noqa: BLE001 - decoders raise many types; re-raised naming the file
         raise SeriesReadError(f"{path}: cannot decode pixel data: {type(exc).__name__}: {exc}") from exc
     if shape is not None and stored.shape != tuple(shape):

@@ -702,6 +702,8 @@ def _write_study(task: _ScanTask, root: Path) -> tuple[int, int, int]:
     anatomy = phantom.random_anatomy(np.random.default_rng(task.anatomy_seed), task.z_extent_mm)
     findings = _findings(task, anatomy, task.anatomy_seed + 1)
     h = task.hospital
+    encoding = {"codec": task.codec, "rescale_intercept": h.rescale_intercept, "rescale_slope": h.rescale_slope,
+                "pixel_representation": h.pixel_representation}
     n_slices = max(1, int(round(task.z_extent_mm / h.slice_thickness_mm)))
     pixel = h.fov_mm / task.matrix
     spacing = (h.slice_thickness_mm, pixel, pixel)
@@ -782,10 +784,7 @@ def _write_study(task: _ScanTask, root: Path) -> tuple[int, int, int]:
             folder,
             volume,
             spacing,
-            codec=task.codec,
-            rescale_intercept=h.rescale_intercept,
-            rescale_slope=h.rescale_slope,
-            pixel_representation=h.pixel_representation,
+            **encoding,
             header=_replace(header, series_uid=task.axial_uid, series_number=2, series_description=f"CHEST {h.slice_thickness_mm:g}mm {h.kernel}"),
             origin_mm=origin,
             file_names=file_names,
@@ -799,10 +798,7 @@ def _write_study(task: _ScanTask, root: Path) -> tuple[int, int, int]:
             folder,
             volume,
             spacing,
-            codec=task.codec,
-            rescale_intercept=h.rescale_intercept,
-            rescale_slope=h.rescale_slope,
-            pixel_representation=h.pixel_representation,
+            **encoding,
             header=_replace(
                 header,
                 series_uid=task.contrast_uid,

@@ -4,15 +4,17 @@ Writes one SYNTHETIC 512 x 512 series of 300 slices with ``covidnet.synth`` (unc
 then times, best of ``--repeats`` runs each, in the same process:
 
 * ``bytes``     reading every file's bytes (the I/O floor);
-* ``headers``   parsing every header (serially), the floor of any DICOM reader;
+* ``headers``   pydicom parsing every header (serially, ``stop_before_pixels``), the floor
+                of any reader that orders slices by position;
 * ``covidnet``  our path: headers in ``--workers`` processes, series assessment and slice
                 order, then :func:`covidnet.preprocess.preprocess_series` (QC included);
-* ``plain``     a plain pydicom + torch version: decode every slice to HU, clip, scale,
-                ``F.interpolate`` trilinear, crop;
+* ``plain``     a plain pydicom + torch version: ``dcmread`` every file, sort by position,
+                decode every slice to HU, clip, scale, ``F.interpolate`` trilinear, crop;
 * ``monai``     MONAI's chain: ``LoadImage(reader="PydicomReader")`` ->
                 ``ScaleIntensityRange`` -> ``Resize`` -> ``CenterSpatialCrop``.
 
-Prints JSON: seconds per variant, the ratios ``monai / covidnet`` (goal >= 10) and
+Also traces the peak memory of ours and the plain version (tracemalloc; numpy and torch
+CPU buffers are traced). Prints JSON: seconds per variant, the ratios ``monai / covidnet`` (goal >= 10) and
 ``covidnet / bytes`` and ``covidnet / headers``, and the largest absolute difference of our
 tensor from MONAI's and from the plain version (must be < 1e-3).
 
@@ -30,7 +32,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 
 def _best(fn, repeats: int):
@@ -40,6 +41,17 @@ def _best(fn, repeats: int):
         out = fn()
         best = min(best, time.perf_counter() - t0)
     return best, out
+
+
+def _peak_mib(fn) -> float:
+    """Peak memory traced while ``fn`` runs (numpy and torch CPU buffers included), MiB."""
+    import tracemalloc
+
+    tracemalloc.start()
+    fn()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return round(peak / 2**20, 1)
 
 
 def main() -> None:
@@ -54,11 +66,11 @@ def main() -> None:
     ap.add_argument("--skip-monai", action="store_true", help="leave out the MONAI chain")
     args = ap.parse_args()
 
+    import pydicom
     import torch
     import torch.nn.functional as F
-    from pydicom.pixels import pixel_array
 
-    from covidnet.dicom import SeriesParams, assess_series, find_files, read_header, read_headers
+    from covidnet.dicom import SeriesParams, assess_series, files_frame, find_files, read_header, read_headers
     from covidnet.preprocess import PreprocessParams, clip_scale, crop_start, preprocess_series
     from covidnet.synth import write_benchmark_series
 
@@ -76,21 +88,18 @@ def main() -> None:
             return sum(len(p.read_bytes()) for p in paths)
 
         def headers_only():
-            return [read_header(p) for p in paths]
+            return [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
 
         def ours():
             headers = read_headers(paths, workers=args.workers)
             a = assess_series(headers, sparams)
             assert a.eligible, a.reason
-            files = pd.DataFrame({"path": [h.path for h in a.slices],
-                                  "rescale_intercept": [h.rescale_intercept for h in a.slices],
-                                  "rescale_slope": [h.rescale_slope for h in a.slices]})
-            return preprocess_series(files, "/", params)[0]
+            return preprocess_series(files_frame(a), "/", params, shape=(a.slices[0].rows, a.slices[0].columns))[0]
 
         def plain():
-            headers = sorted((read_header(p) for p in paths), key=lambda h: h.position[2])
-            vol = np.stack([pixel_array(h.path).astype(np.float32) * h.rescale_slope + h.rescale_intercept
-                            for h in headers])
+            datasets = sorted((pydicom.dcmread(p) for p in paths), key=lambda ds: float(ds.ImagePositionPatient[2]))
+            vol = np.stack([ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+                            for ds in datasets])
             t = torch.from_numpy(clip_scale(vol, params.hu_min, params.hu_max))[None, None]
             r = F.interpolate(t, size=(params.depth, params.size, params.size), mode="trilinear", align_corners=False)
             s = crop_start(params.size, params.crop)
@@ -103,6 +112,7 @@ def main() -> None:
         results["covidnet"], ours_out = _best(ours, args.repeats)
         results["plain"], plain_out = _best(plain, args.repeats)
         diff = {"plain": float(np.abs(ours_out - plain_out).max())}
+        peak = {"covidnet": _peak_mib(ours), "plain": _peak_mib(plain)}
 
         if not args.skip_monai:
             from monai.transforms import CenterSpatialCrop, Compose, LoadImage, Resize, ScaleIntensityRange
@@ -116,8 +126,6 @@ def main() -> None:
             results["monai"], monai_out = _best(lambda: chain(str(folder)), args.repeats)
             # MONAI: (1, x=col, y=row, slices in InstanceNumber order) -> ours (1, slices by position, row, col)
             m = np.asarray(monai_out).transpose(0, 3, 2, 1)
-            import pydicom
-
             by_instance = sorted(paths, key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber))
             if read_header(by_instance[0]).position[2] > read_header(by_instance[-1]).position[2]:
                 m = m[:, ::-1]
@@ -135,6 +143,7 @@ def main() -> None:
             "covidnet_over_bytes": round(results["covidnet"] / results["bytes"], 2),
             "covidnet_over_headers": round(results["covidnet"] / results["headers"], 2),
         },
+        "peak_traced_mib": peak,
         "max_abs_diff": diff,
         "agree_within_1e-3": all(v < 1e-3 for v in diff.values()),
         "repeats": args.repeats,

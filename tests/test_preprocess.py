@@ -39,7 +39,7 @@ def _write(root: Path, vol, codec="none", slope=1.0, intercept=-1024.0, signed=1
     ("none", 1.0, -1024.0, 1), ("none", 0.5, -1024.0, 0), ("rle", 1.0, 0.0, 1), ("jpeg_ls", 1.0, -1024.0, 1),
     ("jpeg2000", 1.0, -1024.0, 0),
 ])
-@pytest.mark.parametrize("depth,size,crop", [(8, 40, 30), (30, 64, 64), (5, 17, 9)])
+@pytest.mark.parametrize("depth,size,crop", [(8, 40, 30), (30, 64, 64), (5, 17, 9), (21, 36, 20)])  # 36: rows not resized
 def test_fast_path_equals_whole_volume_reference(tmp_path, codec, slope, intercept, signed, depth, size, crop):
     """Reading only needed slices/rows gives the plain definition's numbers (tolerance 1e-5)."""
     index, files, shape = _write(tmp_path, _volume(), codec, slope, intercept, signed)

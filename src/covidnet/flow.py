@@ -36,3 +36,10 @@ def render_flow(flow: dict, synthetic: bool) -> str:
     lines += ["```", "", "Scans excluded by a patient-level rule are counted under that rule; the patient counts",
               "of scan-level rules are patients affected (they may keep other scans)."]
     return "\n".join(lines) + "\n"
+
+
+def flow_metrics(flow: dict) -> dict:
+    """The flow counts without their prose, for ``dvc metrics`` (numbers and flags only)."""
+    if isinstance(flow, dict):
+        return {k: flow_metrics(v) for k, v in flow.items() if k != "description"}
+    return flow

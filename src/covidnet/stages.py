@@ -112,7 +112,7 @@ def run_split(params: dict[str, Any], paths: Paths):
     """
     import json
 
-    from covidnet.flow import render_flow
+    from covidnet.flow import flow_metrics, render_flow
     from covidnet.split import SplitParams, split_cohort, split_counts
 
     cohort = pd.read_csv(paths.cohort / "cohort.csv", dtype=str, keep_default_na=False)
@@ -125,7 +125,7 @@ def run_split(params: dict[str, Any], paths: Paths):
     with atomic.atomic_path(paths.flow, directory=True) as tmp:
         atomic.write_json(tmp / "flow.json", flow)
         (tmp / "flow.md").write_text(render_flow(flow, synthetic=flow["synthetic"]))
-    atomic.write_json(paths.metrics, flow)
+    atomic.write_json(paths.metrics, flow_metrics(flow))
     return split, flow
 
 

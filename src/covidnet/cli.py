@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ Stages, in the order dvc.yaml runs them:
   exclude     apply the paper's exclusion criteria; cohort, exclusions with reasons, flow counts
   split       patient-level train:val:test 3:1:1 split (+ external test cohort), flow diagram
   preprocess  clip HU, scale to [0,1], resize, crop -> (1, D, C, C) tensors + QC table
+  train       COVIDNet (3D DenseNet), Adam + BCE, best epoch by validation AUC, MLflow run
 
 Every number comes from params.yaml (section per stage; `profile` picks overrides from
 `profiles`); every path from its `paths` section, overridable per flag.
@@ -71,8 +73,19 @@ _STAGES: dict[str, tuple[str, str, list[tuple[str, str, str]]]] = {
         [("--split", "split", "split table"), ("--index", "index", "header tables folder"),
          ("--dicom", "dicom", "DICOM folder"), ("--out", "preprocessed", "output folder")],
     ),
+    "train": (
+        "train COVIDNet on the preprocessed tensors (MLflow-tracked)",
+        "Adam (train.learning_rate; paper 0.001), binary cross-entropy on the COVID-19 logit, global batch "
+        "train.batch_size (paper 8) in micro-batches of train.micro_batch_size; validation loss and AUC every "
+        "epoch, best epoch kept, early stopping after train.patience epochs. Checkpoints after every epoch: a "
+        "killed run resumes where it stopped (--resume). Under torchrun: DistributedDataParallel. Writes the "
+        "model folder (weights.pt, model.json), reports/train (metrics.json, curve.csv) and an MLflow run.",
+        [("--preprocessed", "preprocessed", "preprocessed tensors folder"), ("--out", "model", "model folder"),
+         ("--checkpoints", "checkpoints", "checkpoint folder"), ("--report", "train_report", "report folder")],
+    ),
 }
-_PATH_FIELDS = ("dicom", "manifest", "index", "validation", "cohort", "split", "preprocessed")
+_PATH_FIELDS = ("dicom", "manifest", "index", "validation", "cohort", "split", "preprocessed", "model",
+                "checkpoints", "train_report")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
         for flag, field, text in flags:
             p.add_argument(flag, dest=field, type=Path, help=f"{text} (default: paths.{field} in the params file)")
+        if name == "train":
+            p.add_argument("--resume", choices=("auto", "always", "never"), default="auto",
+                           help="auto: resume from the last checkpoint when its settings match (default); "
+                                "always: must resume, and say which settings differ; never: start afresh")
+            p.add_argument("--no-track", action="store_true",
+                           help="do not record an MLflow run (quick experiments; dvc repro tracks)")
     return parser
 
 
@@ -128,6 +147,14 @@ def _run(args: argparse.Namespace) -> int:
         s = stages.run_preprocess(params, paths, progress=progress)
         print(f"preprocess: {s.n_scans} tensor(s) of shape {s.tensor_shape} ({s.n_reused} reused, "
               f"{s.n_failed} failed) -> {s.out_dir}")
+    elif cmd == "train":
+        r = stages.run_train(params, paths, resume=args.resume, track=not args.no_track,
+                             progress=progress)
+        auc = "n/a" if r.best["val_auc"] is None else f"{r.best['val_auc']:.3f}"
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"train{synthetic}: best epoch {r.best_epoch} of {r.epochs_run} (validation AUC {auc}, loss "
+                  f"{r.best['val_loss']:.4f}){' (resumed after epoch %d)' % r.resumed_from if r.resumed_from else ''}"
+                  f" -> {paths.model}; MLflow run {r.run_id}")
     return 0
 
 
@@ -140,10 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     from covidnet.dicom import SeriesReadError
     from covidnet.params import ParamsError
     from covidnet.split import SplitError
+    from covidnet.train import ResumeError, TrainDataError
 
     try:
         return _run(args)
-    except (ParamsError, ManifestError, SeriesReadError, SplitError, FileNotFoundError, ValueError) as exc:
+    except (ParamsError, ManifestError, SeriesReadError, SplitError, TrainDataError, ResumeError,
+            FileNotFoundError, ValueError) as exc:
         print(f"covidnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

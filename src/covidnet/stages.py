@@ -33,6 +33,9 @@ class Paths:
     split: Path
     preprocessed: Path
     metrics: Path
+    model: Path
+    checkpoints: Path
+    train_report: Path
 
     @classmethod
     def from_params(cls, params: dict[str, Any], **overrides: Path | str | None) -> "Paths":
@@ -137,3 +140,28 @@ def run_preprocess(params: dict[str, Any], paths: Paths, progress: bool = True):
     series, files = load_index(paths.index)
     return preprocess_cohort(split, series, files, paths.dicom, paths.preprocessed,
                              section(params, "preprocess", PreprocessParams), progress=progress)
+
+
+def run_train(params: dict[str, Any], paths: Paths, resume: str = "auto", track: bool = True,
+              progress: bool = True):
+    """Train on the preprocessed tensors; track the run in MLflow."""
+    from covidnet.model import ModelParams
+    from covidnet.preprocess import PreprocessParams, params_dict
+    from covidnet.tracking import MlflowParams, data_version, git_commit
+    from covidnet.train import TrainParams, TrainPaths, train_model
+
+    index = pd.read_csv(paths.preprocessed / "index.csv", dtype=str, keep_default_na=False)
+    provenance = {"git_commit": git_commit(), "data_version": data_version(paths.preprocessed),
+                  "synthetic": str(_is_synthetic(params)).lower(), "profile": params["profile"]}
+    return train_model(
+        index,
+        TrainPaths(preprocessed=paths.preprocessed, model=paths.model, checkpoints=paths.checkpoints,
+                   report=paths.train_report),
+        section(params, "model", ModelParams),
+        section(params, "train", TrainParams),
+        params_dict(section(params, "preprocess", PreprocessParams)),
+        resume=resume,
+        mlflow_params=section(params, "mlflow", MlflowParams) if track else None,
+        provenance=provenance,
+        progress=progress,
+    )

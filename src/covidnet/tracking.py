@@ -1,0 +1,91 @@
+"""MLflow set-up and provenance shared by the stages that track runs.
+
+The default store is SQLite in the repository (``mlflow.tracking_uri`` in params, e.g.
+``sqlite:///mlflow.db``) with artifacts in a local folder (``mlflow.artifact_root``);
+``MLFLOW_TRACKING_URI`` in the environment overrides it (a tracking server with PostgreSQL
+and S3 artifacts in a cluster). SQLite locks under concurrent writers: one writer at a time,
+or a server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MlflowParams:
+    """The ``mlflow`` section of params.yaml."""
+
+    tracking_uri: str
+    experiment: str
+    artifact_root: str
+    registered_model: str = "covidnet"
+
+
+def configure(params: MlflowParams) -> str:
+    """Point MLflow at the tracking store and experiment; return the experiment id.
+
+    ``MLFLOW_TRACKING_URI`` wins over ``params.tracking_uri``. A new experiment gets
+    ``params.artifact_root`` (made absolute) as its artifact location when the store is local.
+    """
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking_uri
+    mlflow.set_tracking_uri(uri)
+    existing = mlflow.get_experiment_by_name(params.experiment)
+    if existing is not None:
+        return existing.experiment_id
+    location = None
+    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        location = Path(params.artifact_root).resolve().as_uri()
+    return mlflow.create_experiment(params.experiment, artifact_location=location)
+
+
+def flatten(prefix: str, obj: Any) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"prefix.a.b": 1}``; lists and tuples become strings."""
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), value))
+    else:
+        out[prefix] = str(list(obj)) if isinstance(obj, (list, tuple)) else obj
+    return out
+
+
+def git_commit(cwd: Path | str = ".") -> str:
+    """The checked-out commit (with ``-dirty`` when the tree has changes), or ``unknown``."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def data_version(out_path: Path | str, lock: Path | str = "dvc.lock") -> str:
+    """The DVC hash of ``out_path`` from ``dvc.lock``, or a hash of its ``index.csv``.
+
+    The second form identifies the tensors too: their file names carry the series UID and
+    the preprocessing parameter key.
+    """
+    import yaml
+
+    out_path = Path(out_path)
+    lock = Path(lock)
+    if lock.is_file():
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        for stage in stages.values():
+            for out in stage.get("outs", []):
+                if Path(out.get("path", "")) == out_path and out.get("md5"):
+                    return f"dvc:{out['md5']}"
+    index = out_path / "index.csv"
+    if index.is_file():
+        return "sha256:" + hashlib.sha256(index.read_bytes()).hexdigest()[:16]
+    return "unknown"

@@ -8,9 +8,9 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import (accuracy_score, cohen_kappa_score, f1_score, precision_score, recall_score,
                              roc_auc_score)
 
-from covidnet.metrics import (Calibrator, agreement_indicators, auc_sorted, bootstrap, confusion_indicators,
+from covidnet.metrics import (Calibrator, agreement_indicators, auc_from_counts, bootstrap, cell_counts,
                               expected_calibration_error, figure, fit_calibrator, kappa_from_counts, rates,
-                              resample_weights, tie_starts)
+                              resample_indices, score_stat)
 
 
 def _data(n, seed, decimals=1):
@@ -20,59 +20,49 @@ def _data(n, seed, decimals=1):
     return y, s
 
 
-def _model_stat(y, s, threshold=0.5):
-    order = np.argsort(s, kind="stable")
-    y, s = y[order], s[order]
-    design, ties = confusion_indicators(y, s >= threshold), tie_starts(s)
-
-    def stat(w):
-        return {**rates(*(w @ design).T), "auc": auc_sorted(w, y, ties)}
-
-    return y, s, stat
-
-
 @pytest.mark.parametrize("decimals", [1, 2, 6])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_auc_equals_sklearn_with_ties(seed, decimals):
     y, s = _data(200, seed, decimals)
-    ys, ss, stat = _model_stat(y, s)
-    point, _ = bootstrap(len(ys), stat, reps=0, seed=0)
+    point, _ = bootstrap(len(y), score_stat(y, s, 0.5), reps=0, seed=0)
     assert point["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
     # integer weights = a sample with repeats, as scikit-learn's sample_weight
-    w = np.random.default_rng(seed).integers(0, 4, size=len(ys)).astype(float)
-    assert auc_sorted(w[None], ys, tie_starts(ss))[0] == pytest.approx(roc_auc_score(ys, ss, sample_weight=w))
+    w = np.random.default_rng(seed).integers(0, 4, size=len(y))
+    uniq, group = np.unique(s, return_inverse=True)
+    pos, neg = (np.bincount(group, w * (y == v), minlength=len(uniq))[None] for v in (1, 0))
+    assert auc_from_counts(pos, neg)[0] == pytest.approx(roc_auc_score(y, s, sample_weight=w))
 
 
 def test_every_replicate_equals_sklearn_on_the_resample():
     y, s = _data(80, 3)
-    ys, ss, stat = _model_stat(y, s)
-    rng = np.random.default_rng(7)
-    idx = rng.integers(0, len(ys), size=(40, len(ys)))
-    w = np.stack([np.bincount(i, minlength=len(ys)) for i in idx]).astype(float)
-    got = stat(w)
+    idx = resample_indices(np.random.default_rng(7), len(y), 40)
+    got = score_stat(y, s, 0.5)(idx)
     for b, i in enumerate(idx):
-        yb, sb = ys[i], ss[i]
+        yb, sb = y[i], s[i]
         pred = (sb >= 0.5).astype(int)
         assert got["accuracy"][b] == pytest.approx(accuracy_score(yb, pred))
         assert got["covid.sensitivity"][b] == pytest.approx(recall_score(yb, pred))
+        assert got["covid.specificity"][b] == pytest.approx(recall_score(yb, pred, pos_label=0))
         assert got["covid.ppv"][b] == pytest.approx(precision_score(yb, pred))
+        assert got["covid.npv"][b] == pytest.approx(precision_score(yb, pred, pos_label=0))
         assert got["covid.f1"][b] == pytest.approx(f1_score(yb, pred))
         assert got["non_covid.sensitivity"][b] == pytest.approx(recall_score(yb, pred, pos_label=0))
         assert got["non_covid.f1"][b] == pytest.approx(f1_score(yb, pred, pos_label=0))
         assert got["auc"][b] == pytest.approx(roc_auc_score(yb, sb))
 
 
-def test_resample_weights_are_multinomial_counts():
-    w = resample_weights(np.random.default_rng(0), 50, 2000)
+def test_cell_counts_are_multinomial_draws():
+    idx = resample_indices(np.random.default_rng(0), 50, 2000)
+    w = cell_counts(idx, np.arange(50), 50)
     assert w.shape == (2000, 50) and (w.sum(axis=1) == 50).all()
     assert w.mean() == pytest.approx(1.0) and w.var() == pytest.approx(1 - 1 / 50, rel=0.05)
+    np.testing.assert_array_equal(w[3], np.bincount(idx[3], minlength=50))
 
 
 def test_bootstrap_cis_agree_with_a_plain_sklearn_loop():
     """Independent resamples: CIs agree within Monte Carlo error of the loop's few replicates."""
     y, s = _data(60, 11, decimals=2)
-    ys, ss, stat = _model_stat(y, s)
-    _, vec = bootstrap(len(ys), stat, reps=10000, seed=1)
+    _, vec = bootstrap(len(y), score_stat(y, s, 0.5), reps=10000, seed=1)
     rng, loop = np.random.default_rng(99), {"accuracy": [], "covid.sensitivity": [], "auc": []}
     reps = 400
     for _ in range(reps):

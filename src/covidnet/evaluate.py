@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 
 from covidnet import atomic, report
-from covidnet.metrics import (CALIBRATORS, CLASSES, FIGURES, Calibrator, agreement_indicators, auc_sorted,
-                              bootstrap, brier_score, confusion_indicators, expected_calibration_error, figure,
-                              fit_calibrator, kappa_from_counts, rates, reliability_curve, tie_starts,
+from covidnet.metrics import (CALIBRATORS, CLASSES, FIGURES, Calibrator, agreement_indicators, bootstrap,
+                              brier_score, cell_counts, confusion_indicators, expected_calibration_error, figure,
+                              fit_calibrator, kappa_from_counts, rates, reliability_curve, score_stat,
                               undefined_reason)
 from covidnet.params import ParamsError
 
@@ -208,35 +208,35 @@ def _summary(values: list[float], what: str) -> dict[str, Any]:
 
 def compute_metrics(preds: pd.DataFrame, params: EvaluateParams) -> dict[str, Any]:
     """Every figure of ``metrics.json`` for validated predictions (no files written)."""
-    df = preds.sort_values("score", kind="stable").reset_index(drop=True)
-    y = df["label"].to_numpy(np.int8)
-    s = df["score"].to_numpy(np.float64)
+    n = len(preds)
+    y = preds["label"].to_numpy(np.int8)
+    s = preds["score"].to_numpy(np.float64)
     calls = s >= params.threshold
-    readers = _reader_names(df)
-    raters = {"model": calls, **{r: df[READER_PREFIX + r].to_numpy(bool) for r in readers}}
+    readers = _reader_names(preds)
+    raters = {"model": calls, **{r: preds[READER_PREFIX + r].to_numpy(bool) for r in readers}}
     pairs = [("model", r) for r in readers] + list(combinations(readers, 2))
-    blocks = [confusion_indicators(y, raters[r]) for r in raters] + [agreement_indicators(raters[a], raters[b])
-                                                                     for a, b in pairs]
-    design = np.concatenate(blocks, axis=1)
-    ties = tie_starts(s)
+    blocks = [confusion_indicators(y, raters[r]) for r in readers] + [agreement_indicators(raters[a], raters[b])
+                                                                      for a, b in pairs]
+    design = np.concatenate(blocks, axis=1) if blocks else None
+    model = score_stat(y, s, params.threshold)
 
-    def stat(w: np.ndarray) -> dict[str, np.ndarray]:
-        counts = w @ design
-        out: dict[str, np.ndarray] = {}
-        for i, r in enumerate(raters):
-            prefix = "" if r == "model" else f"reader:{r}/"
-            out.update({prefix + k: v for k, v in rates(*counts[:, 4 * i:4 * i + 4].T).items()})
-        out["auc"] = auc_sorted(w, y, ties)
-        base = 4 * len(raters)
+    def stat(idx: np.ndarray) -> dict[str, np.ndarray]:
+        out = model(idx)
+        if design is None:
+            return out
+        counts = cell_counts(idx, np.arange(n), n) @ design  # (B, n) draws per patient x indicators
+        for i, r in enumerate(readers):
+            out.update({f"reader:{r}/{k}": v for k, v in rates(*counts[:, 4 * i:4 * i + 4].T).items()})
+        base = 4 * len(readers)
         for j, (a, b) in enumerate(pairs):
             out[f"kappa:{a}|{b}"] = kappa_from_counts(*counts[:, base + 4 * j:base + 4 * j + 4].T)
         return out
 
-    point, samples = bootstrap(len(df), stat, reps=params.bootstrap, seed=params.seed)
-    metrics: dict[str, Any] = {"n": int(len(df)), "n_positive": int(y.sum()), "threshold": params.threshold}
+    point, samples = bootstrap(n, stat, reps=params.bootstrap, seed=params.seed)
+    metrics: dict[str, Any] = {"n": int(n), "n_positive": int(y.sum()), "threshold": params.threshold}
     metrics.update(_nested(point, samples, "", params))
     metrics["confusion"] = _confusion(y, calls)
-    metrics["per_hospital"] = _per_hospital(df, params)
+    metrics["per_hospital"] = _per_hospital(preds, params)
     metrics["kappa"] = _kappa(point, samples, readers, pairs, params)
     metrics["readers"] = {r: {"group": params.reader_groups.get(r, "ungrouped"),
                               **_nested(point, samples, f"reader:{r}/", params),
@@ -253,11 +253,12 @@ def _per_hospital(df: pd.DataFrame, params: EvaluateParams) -> dict[str, Any]:
         return {}
     out = {}
     for name, sub in df.groupby("hospital", sort=True):
-        y, calls = sub["label"].to_numpy(), sub["score"].to_numpy() >= params.threshold
-        design = confusion_indicators(y, calls)
+        y, s = sub["label"].to_numpy(), sub["score"].to_numpy()
+        calls = s >= params.threshold
+        model = score_stat(y, s, params.threshold)
 
-        def stat(w: np.ndarray) -> dict[str, np.ndarray]:
-            r = rates(*(w @ design).T)
+        def stat(idx: np.ndarray, model=model) -> dict[str, np.ndarray]:
+            r = model(idx)
             return {k: r[f"covid.{k}"] for k in ("sensitivity", "specificity")}
 
         point, samples = bootstrap(len(sub), stat, reps=params.bootstrap, seed=params.seed)

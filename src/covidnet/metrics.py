@@ -1,11 +1,11 @@
 """Metric kernels, the vectorised percentile bootstrap over patients, and score calibrators.
 
-A bootstrap replicate of ``n`` patients is a weight vector ``w`` (how often each patient was
-drawn, summing to ``n``). Every figure here is a function of such weights: a confusion
-count is ``w @ indicator``, AUC is a weighted Mann-Whitney sum over score-sorted patients.
-So :func:`bootstrap` draws a block of replicates as a ``(B, n)`` weight matrix and every
-statistic is evaluated on the whole block at once; the point estimate is the same function
-on the all-ones weight row, so estimate and replicates cannot drift apart.
+:func:`bootstrap` draws a block of ``B`` resamples of ``n`` patients as one ``(B, n)`` index
+array, and every statistic is evaluated on the whole block at once, with no Python loop
+over replicates. A replicate's confusion counts and AUC come from one ``bincount`` of its
+patients' (score group, label) cells (:func:`score_stat`); other binary raters from the
+draw counts per patient times indicator columns (``w @ indicator``). The point estimate is
+the same function on the sample itself, so estimate and replicates cannot drift apart.
 
 Labels: 1 = COVID-19, 0 = other pneumonia. Scores: probability of COVID-19 in [0, 1].
 A call is COVID-19 when ``score >= threshold``.
@@ -72,29 +72,16 @@ def undefined_reason(name: str, threshold: float) -> str:
     return reasons[fig]
 
 
-def auc_sorted(weights: np.ndarray, labels: np.ndarray, tie_starts: np.ndarray | None) -> np.ndarray:
-    """Weighted ROC AUC per row of ``weights`` for patients sorted by ascending score.
+def auc_from_counts(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """ROC AUC per row from ``(B, G)`` counts of COVID-19 (``pos``) and other (``neg``) patients
+    in ``G`` groups of equal score, ascending.
 
-    AUC = P(score of a COVID-19 patient > score of another) + 0.5 P(tie), which is what
-    ``sklearn.metrics.roc_auc_score`` computes. ``tie_starts`` are the first positions of
-    each run of equal scores (None when all scores differ). NaN where a row lacks a class.
+    AUC = P(a COVID-19 patient scores above another patient) + 0.5 P(tie), which is what
+    ``sklearn.metrics.roc_auc_score`` computes; exact integer sums. NaN where a row lacks a class.
     """
-    pos = weights * np.asarray(labels, np.float64)
-    neg = weights - pos
-    if tie_starts is not None:
-        pos = np.add.reduceat(pos, tie_starts, axis=1)
-        neg = np.add.reduceat(neg, tie_starts, axis=1)
-    below = np.cumsum(neg, axis=1)
-    below -= 0.5 * neg  # negatives strictly below, plus half the tied ones
+    below2 = 2 * np.cumsum(neg, axis=1) - neg  # twice (negatives strictly below + half the tied ones)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.einsum("ij,ij->i", pos, below) / (pos.sum(axis=1) * neg.sum(axis=1))
-
-
-def tie_starts(sorted_scores: np.ndarray) -> np.ndarray | None:
-    """First index of each run of equal values in ``sorted_scores``; None when no ties."""
-    s = np.asarray(sorted_scores)
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    return None if len(starts) == len(s) else starts
+        return np.einsum("ij,ij->i", pos, below2) / (2.0 * pos.sum(axis=1) * neg.sum(axis=1))
 
 
 def kappa_from_counts(both: np.ndarray, only_a: np.ndarray, only_b: np.ndarray,
@@ -116,12 +103,44 @@ def agreement_indicators(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # --- the bootstrap ------------------------------------------------------------------------------
 
-def resample_weights(rng: np.random.Generator, n: int, reps: int) -> np.ndarray:
-    """``(reps, n)`` draw counts of ``reps`` resamples of ``n`` patients with replacement."""
-    dtype = np.int32 if reps * n < 2**31 else np.int64
-    idx = rng.integers(0, n, size=(reps, n), dtype=dtype)
-    idx += (np.arange(reps, dtype=dtype) * n)[:, None]
-    return np.bincount(idx.ravel(), minlength=reps * n).reshape(reps, n).astype(np.float64)
+def resample_indices(rng: np.random.Generator, n: int, reps: int) -> np.ndarray:
+    """``(reps, n)`` positions of ``reps`` resamples of ``n`` patients with replacement."""
+    return rng.integers(0, n, size=(reps, n), dtype=np.int32 if reps * max(n, 2) < 2**31 else np.int64)
+
+
+def cell_counts(idx: np.ndarray, codes: np.ndarray, n_codes: int) -> np.ndarray:
+    """``(B, n_codes)`` counts of each code among the resampled patients ``idx`` ``(B, n)``.
+
+    ``codes`` ``(n,)`` gives each patient's cell (e.g. ``2 * score group + label``); with
+    ``codes = arange(n)`` the result is how often each patient was drawn.
+    """
+    b = idx.shape[0]
+    drawn = np.asarray(codes, idx.dtype)[idx]
+    drawn += (np.arange(b, dtype=idx.dtype) * n_codes)[:, None]
+    return np.bincount(drawn.ravel(), minlength=b * n_codes).reshape(b, n_codes)
+
+
+def score_stat(labels: np.ndarray, scores: np.ndarray, threshold: float) -> StatFn:
+    """The statistic of :func:`rates` and ``auc`` for one scorer, for :func:`bootstrap`.
+
+    Patients are binned into (score group, label) cells once; a replicate is then one
+    ``bincount`` of its resampled cells, and the confusion counts at ``threshold`` and the
+    AUC (ties included) follow from cumulative sums over the ascending score groups.
+    """
+    y = np.asarray(labels, np.int64)
+    uniq, group = np.unique(np.asarray(scores, np.float64), return_inverse=True)
+    n_groups, below = len(uniq), int(np.searchsorted(uniq, threshold, side="left"))
+    codes = 2 * group.ravel() + y
+
+    def stat(idx: np.ndarray) -> dict[str, np.ndarray]:
+        k = cell_counts(idx, codes, 2 * n_groups).reshape(len(idx), n_groups, 2)
+        neg, pos = k[:, :, 0], k[:, :, 1]
+        n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+        fn = pos[:, :below].sum(axis=1)
+        tn = neg[:, :below].sum(axis=1)
+        return {**rates(n_pos - fn, n_neg - tn, tn, fn), "auc": auc_from_counts(pos, neg)}
+
+    return stat
 
 
 def bootstrap(n: int, stat: StatFn, *, reps: int, seed: int,
@@ -130,20 +149,21 @@ def bootstrap(n: int, stat: StatFn, *, reps: int, seed: int,
 
     Args:
         n: number of patients (the resampling unit).
-        stat: maps a ``(B, n)`` weight matrix to ``{name: (B,) values}``.
+        stat: maps ``(B, n)`` resampled patient positions to ``{name: (B,) values}``.
         reps: replicates.
         seed: seeds ``numpy.random.default_rng``; the same seed and ``n`` draw the same
             resamples, so separate calls on the same patients are paired.
-        block: replicates per block (memory ``8 * block * n`` bytes); default keeps
-            a block near 0.5 M weights.
+        block: replicates per block (memory about ``16 * block * n`` bytes); default keeps
+            a block near 0.5 M draws.
 
     Returns:
-        ``(point, samples)``: ``{name: float}`` (NaN when undefined) and ``{name: (reps,)}``.
+        ``(point, samples)``: ``{name: float}`` (NaN when undefined), from ``stat`` on the
+        sample itself, and ``{name: (reps,)}``.
     """
-    point = {k: float(v[0]) for k, v in stat(np.ones((1, n))).items()}
+    point = {k: float(v[0]) for k, v in stat(np.arange(n)[None]).items()}
     block = block or max(1, min(reps, 500_000 // max(n, 1)))
     rng = np.random.default_rng(seed)
-    parts = [stat(resample_weights(rng, n, min(block, reps - start))) for start in range(0, reps, block)]
+    parts = [stat(resample_indices(rng, n, min(block, reps - start))) for start in range(0, reps, block)]
     samples = {k: np.concatenate([p[k] for p in parts]) if parts else np.empty(0) for k in point}
     return point, samples
 

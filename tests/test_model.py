@@ -191,8 +191,10 @@ def test_dropout_only_in_training():
     torch.manual_seed(0)
     model = covidnet_cpu(**SMALL, dropout=0.5)
     x = torch.rand(2, 1, 8, 24, 24)
-    model.eval()
     with torch.no_grad():
+        model.train()
+        assert not torch.equal(model.forward_features(x), model.forward_features(x))
+        model.eval()
         assert torch.equal(model(x), model(x))
 
 
@@ -232,7 +234,7 @@ def test_seeded_builds_are_identical():
     ({"growth_rate": "x"}, r"model.growth_rate: expected an integer, got 'x'"),
     ({"norm": "group", "groups": 5}, r"model.groups: 5 does not divide the 24 channels of features.norm0"),
 ])
-def test_bad_params_name_field_and_value(tmp_path, overrides, message):
+def test_bad_params_name_field_and_value(overrides, message):
     params = load_params(REPO / "params.yaml")
     params["model"] = {**params["model"], **overrides}
     with pytest.raises(ParamsError, match=r"params.yaml: " + message):

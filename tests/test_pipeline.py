@@ -159,3 +159,9 @@ def test_s3_remote_push_and_pull(repro, tmp_path):
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
             ENV.pop(key, None)
         server.stop()
+
+
+def test_model_summary_cli():
+    out = run(["covidnet", "model", "summary", "--builders", "paper", "cpu"], REPO).stdout
+    paper = next(line for line in out.splitlines() if line.startswith("paper"))
+    assert "1x64x384x384" in paper and abs(float(paper.split()[3]) - 463) < 10  # ~0.46 TFLOP (DESIGN.md)

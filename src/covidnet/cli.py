@@ -22,6 +22,7 @@ Stages, in the order dvc.yaml runs them:
   split       patient-level train:val:test 3:1:1 split (+ external test cohort), flow diagram
   preprocess  clip HU, scale to [0,1], resize, crop -> (1, D, C, C) tensors + QC table
   train       COVIDNet (3D DenseNet), Adam + BCE, best epoch by validation AUC, MLflow run
+  evaluate    the paper's figures with bootstrap CIs on the test sets; report, plots, metrics
 
 Every number comes from params.yaml (section per stage; `profile` picks overrides from
 `profiles`); every path from its `paths` section, overridable per flag.
@@ -83,9 +84,20 @@ _STAGES: dict[str, tuple[str, str, list[tuple[str, str, str]]]] = {
         [("--preprocessed", "preprocessed", "preprocessed tensors folder"), ("--out", "model", "model folder"),
          ("--checkpoints", "checkpoints", "checkpoint folder"), ("--report", "train_report", "report folder")],
     ),
+    "evaluate": (
+        "metrics with bootstrap CIs, ROC, calibration, t-SNE and the report",
+        "For the trained model on the test split and the external cohort (or, with --predictions FILE, for any "
+        "CSV patient_id,label,score[,hospital][,reader_<name>...]): accuracy, AUC, sensitivity, specificity, "
+        "PPV, NPV and F1 for each class, each with a 95% percentile-bootstrap CI over patients "
+        "(evaluate.bootstrap replications), the confusion matrix at evaluate.threshold, per-hospital matrices "
+        "(Fig. 4 form), readers' kappa (Supplementary Table 9 form), calibration (ECE, Brier, reliability), "
+        "t-SNE of the features; metrics.json, report.md/html and plots per set.",
+        [("--out", "evaluation", "output folder"), ("--model", "model", "trained model folder"),
+         ("--preprocessed", "preprocessed", "preprocessed tensors folder")],
+    ),
 }
 _PATH_FIELDS = ("dicom", "manifest", "index", "validation", "cohort", "split", "preprocessed", "model",
-                "checkpoints", "train_report")
+                "checkpoints", "train_report", "evaluation")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,12 +112,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
         for flag, field, text in flags:
             p.add_argument(flag, dest=field, type=Path, help=f"{text} (default: paths.{field} in the params file)")
+        if name == "evaluate":
+            p.add_argument("--predictions", type=Path, default=None,
+                           help="evaluate this predictions CSV instead of the model (writes to --out, default "
+                                "paths.evaluation/predictions)")
         if name == "train":
             p.add_argument("--resume", choices=("auto", "always", "never"), default="auto",
                            help="auto: resume from the last checkpoint when its settings match (default); "
                                 "always: must resume, and say which settings differ; never: start afresh")
             p.add_argument("--no-track", action="store_true",
                            help="do not record an MLflow run (quick experiments; dvc repro tracks)")
+    p = sub.add_parser("model", help="inspect the network builders",
+                       description="`covidnet model summary`: parameters and forward FLOPs per volume of each "
+                                   "builder (paper: DenseNet-264 at 1x64x384x384; released: the authors' TF "
+                                   "variant at 1x64x224x224; cpu: the CPU profile), counted on the meta device "
+                                   "(nothing is allocated).")
+    p.add_argument("action", choices=("summary",), help="what to show")
+    p.add_argument("--builders", nargs="+", default=None, help="builders to show (default: all)")
     return parser
 
 
@@ -113,6 +136,11 @@ def _run(args: argparse.Namespace) -> int:
     from covidnet import stages
     from covidnet.params import load_params
 
+    if args.command == "model":
+        from covidnet.model import BUILDERS, format_summary, model_summary
+
+        print(format_summary(model_summary(args.builders or BUILDERS)))
+        return 0
     params = load_params(args.params, profile=args.profile)
     overrides = {k: getattr(args, k, None) for k in _PATH_FIELDS}
     paths = stages.Paths.from_params(params, **overrides)
@@ -155,23 +183,33 @@ def _run(args: argparse.Namespace) -> int:
             print(f"train{synthetic}: best epoch {r.best_epoch} of {r.epochs_run} (validation AUC {auc}, loss "
                   f"{r.best['val_loss']:.4f}){' (resumed after epoch %d)' % r.resumed_from if r.resumed_from else ''}"
                   f" -> {paths.model}; MLflow run {r.run_id}")
+    elif cmd == "evaluate":
+        results = stages.run_evaluate(params, paths, predictions=args.predictions,
+                                      out=args.evaluation if args.predictions else None)
+        for name, m in results.items():
+            auc = m["auc"]["value"]
+            ci = m["auc"].get("ci")
+            auc_text = "n/a" if auc is None else f"{auc:.3f}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+            print(f"evaluate {name}{synthetic}: {m['n']} patients, AUC {auc_text}, accuracy "
+                  f"{m['accuracy']['value']:.3f}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``covidnet`` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     from covidnet.cohort import ManifestError
     from covidnet.dicom import SeriesReadError
     from covidnet.params import ParamsError
     from covidnet.split import SplitError
+    from covidnet.evaluate import PredictionsError
     from covidnet.train import ResumeError, TrainDataError
 
     try:
         return _run(args)
-    except (ParamsError, ManifestError, SeriesReadError, SplitError, TrainDataError, ResumeError,
+    except (ParamsError, ManifestError, SeriesReadError, SplitError, TrainDataError, ResumeError, PredictionsError,
             FileNotFoundError, ValueError) as exc:
         print(f"covidnet {args.command}: error: {exc}", file=sys.stderr)
         return 2

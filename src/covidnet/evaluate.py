@@ -439,3 +439,74 @@ def log_to_mlflow(metrics: dict[str, Any], out_dir: Path | str) -> None:
         for name in OUTPUT_FILES:
             if (out_dir / name).is_file():
                 mlflow.log_artifact(str(out_dir / name), artifact_path=f"evaluate/{metrics['title']}")
+
+
+# --- the trained model ----------------------------------------------------------------------------
+
+def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Path | str, params: EvaluateParams,
+                   out_dir: Path | str, calibrator_path: Path | str, *, synthetic: bool,
+                   sets: tuple[str, ...] = ("test", "external")) -> dict[str, dict[str, Any]]:
+    """The ``evaluate`` stage for a trained model: score each test set and report it.
+
+    Args:
+        index: the preprocessed index (``scan_id, patient_id, label, split, hospital, path``).
+        preprocessed: the folder the index's paths are relative to.
+        model_dir: the ``train`` stage's model folder.
+        params: the ``evaluate`` section.
+        out_dir: receives ``<set>/`` (the :func:`evaluate_predictions` outputs plus
+            ``predictions.csv``) for each set present, and ``metrics.json`` (every set's
+            scalar figures, for ``dvc metrics``).
+        calibrator_path: where the calibrator fitted on the validation split is written
+            (``{"kind": "none"}`` when ``params.calibrator`` is ``none``), beside the model for
+            serving.
+        synthetic: whether the cohort is synthetic.
+        sets: the splits to evaluate (test sets keep each patient's first scan).
+
+    Returns:
+        ``{set: metrics}`` for each set that has patients.
+    """
+    import torch
+
+    from covidnet.cohort import LABEL_TO_INT
+    from covidnet.predict import load_model, score, sigmoid
+
+    model, card = load_model(model_dir)
+    preprocessed = Path(preprocessed)
+    batch = int(card["config"]["train"].get("micro_batch_size") or card["config"]["train"]["batch_size"])
+
+    def scored(split: str) -> tuple[pd.DataFrame, np.ndarray]:
+        rows = index[index["split"] == split].reset_index(drop=True)
+        tensors = (torch.from_numpy(np.stack([np.load(preprocessed / p).astype(np.float32)
+                                              for p in rows["path"][s : s + batch]]))
+                   for s in range(0, len(rows), batch))
+        logits, feats = score(model, tensors, with_features=True) if len(rows) else (np.zeros(0), np.zeros((0, 1)))
+        preds = pd.DataFrame({"patient_id": rows["patient_id"], "label": rows["label"].map(LABEL_TO_INT),
+                              "score": sigmoid(logits), "hospital": rows["hospital"], "scan_id": rows["scan_id"]})
+        return preds, feats
+
+    calibrator = None
+    if params.calibrator != "none":
+        val, _ = scored("val")
+        calibrator = fit_calibrator(val["score"].to_numpy(), val["label"].to_numpy(), params.calibrator)
+    atomic.write_json(calibrator_path, calibrator.to_dict() if calibrator else {"kind": "none"})
+
+    out_dir = Path(out_dir)
+    results: dict[str, dict[str, Any]] = {}
+    for name in sets:
+        preds, feats = scored(name)
+        if preds.empty:
+            log.warning("evaluate: the %s split is empty; no report for it", name)
+            continue
+        folder = out_dir / name
+        results[name] = evaluate_predictions(preds.drop(columns=["scan_id"]), params, folder, synthetic=synthetic,
+                                             title=name, features=feats, calibrator=calibrator)
+        atomic.write_csv(folder / "predictions.csv", preds)
+    atomic.write_json(out_dir / "metrics.json", {name: flat_metrics(m) for name, m in results.items()})
+    run_id = card.get("mlflow_run_id")
+    if run_id:
+        import mlflow
+
+        with mlflow.start_run(run_id=run_id):
+            for name, m in results.items():
+                log_to_mlflow(m, out_dir / name)
+    return results

@@ -36,6 +36,8 @@ class Paths:
     model: Path
     checkpoints: Path
     train_report: Path
+    calibrator: Path
+    evaluation: Path
 
     @classmethod
     def from_params(cls, params: dict[str, Any], **overrides: Path | str | None) -> "Paths":
@@ -165,3 +167,25 @@ def run_train(params: dict[str, Any], paths: Paths, resume: str = "auto", track:
         provenance=provenance,
         progress=progress,
     )
+
+
+def run_evaluate(params: dict[str, Any], paths: Paths, predictions: Path | None = None, out: Path | None = None):
+    """Evaluate the trained model on the test sets, or (``predictions``) any predictions CSV.
+
+    Returns:
+        ``{set: metrics}``.
+    """
+    from covidnet.evaluate import EvaluateParams, evaluate_model, evaluate_predictions, read_predictions
+
+    eparams = section(params, "evaluate", EvaluateParams)
+    synthetic = _is_synthetic(params)
+    if predictions is not None:
+        out = out or paths.evaluation / "predictions"
+        return {"predictions": evaluate_predictions(read_predictions(predictions), eparams, out,
+                                                    synthetic=synthetic, title="predictions")}
+    from covidnet.tracking import MlflowParams, configure
+
+    configure(section(params, "mlflow", MlflowParams))
+    index = pd.read_csv(paths.preprocessed / "index.csv", dtype=str, keep_default_na=False)
+    return evaluate_model(index, paths.preprocessed, paths.model, eparams, out or paths.evaluation, paths.calibrator,
+                          synthetic=synthetic)

@@ -42,13 +42,12 @@ import pandas as pd
 
 from covidnet.atomic import atomic_path, write_csv, write_json
 from covidnet.cohort import LABEL_TO_INT
+from covidnet.predict import MODEL_CARD, WEIGHTS, sigmoid
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "last.pt"
 BEST = "best.pt"
-WEIGHTS = "weights.pt"
-MODEL_CARD = "model.json"
 
 
 @dataclass(frozen=True)
@@ -233,17 +232,12 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 
 def predict(model, data: TensorSet, batch: int, device, autocast) -> tuple[np.ndarray, np.ndarray]:
     """Scores of every sample of ``data`` in order: ``(logits (N,), labels (N,))``."""
-    import torch
+    from covidnet.predict import score
 
     model.eval()
-    logits, labels = [], []
-    with torch.no_grad():
-        for start in range(0, len(data), batch):
-            x, y, _ = _collate([data[i] for i in range(start, min(start + batch, len(data)))])
-            with autocast():
-                logits.append(model(x.to(device)).float().squeeze(1).cpu().numpy())
-            labels.append(y.numpy())
-    return np.concatenate(logits), np.concatenate(labels)
+    batches = (_collate([data[i] for i in range(s, min(s + batch, len(data)))])[0] for s in range(0, len(data), batch))
+    logits, _ = score(model, batches, device, autocast)
+    return logits, data.labels.copy()
 
 
 def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: TrainParams,
@@ -396,7 +390,7 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
 
         logits, labels = predict(model, val_set, micro, device, autocast)
         val_loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(labels)))
-        val_auc = _auc(labels, 1.0 / (1.0 + np.exp(-logits)))
+        val_auc = _auc(labels, sigmoid(logits))
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc}
         history.append(row)
         better = best["epoch"] == 0 or _better(val_auc, val_loss, best)

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1",
        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-STAGES = ("synth", "validate", "exclude", "split", "preprocess")
+STAGES = ("synth", "validate", "exclude", "split", "preprocess", "train", "evaluate")
 
 
 def run(cmd, cwd, check=True):
@@ -60,6 +60,12 @@ def test_dvc_repro_runs_all_stages(repro):
     assert tensor.shape == (1, 8, 24, 24) and tensor.dtype == np.float16  # tiny profile's D, C
     assert (proj / "reports/validation/data_docs/index.html").is_file()
     assert "Synthetic cohort" in (proj / "reports/flow/flow.md").read_text()
+    card = json.loads((proj / "models/covidnet/model.json").read_text())
+    assert card["config"]["preprocess"]["crop"] == 24 and card["synthetic"] == "true"
+    test = json.loads((proj / "reports/evaluate/test/metrics.json").read_text())
+    assert test["synthetic"] is True and test["n"] == len(split[split.split == "test"])
+    assert "synthetic" in (proj / "reports/evaluate/test/report.md").read_text().lower()
+    assert (proj / "mlflow.db").is_file()
 
 
 @pytest.mark.slow
@@ -165,3 +171,20 @@ def test_model_summary_cli():
     out = run(["covidnet", "model", "summary", "--builders", "paper", "cpu"], REPO).stdout
     paper = next(line for line in out.splitlines() if line.startswith("paper"))
     assert "1x64x384x384" in paper and abs(float(paper.split()[3]) - 463) < 10  # ~0.46 TFLOP (DESIGN.md)
+
+
+def test_evaluate_predictions_file_cli(tmp_path):
+    """`covidnet evaluate --predictions`: the paper's Table 1 matrix (TP 142, FN 12, TN 215, FP 3)."""
+    rows = ([(1, 0.9)] * 142 + [(1, 0.1)] * 12 + [(0, 0.1)] * 215 + [(0, 0.9)] * 3)
+    csv = tmp_path / "preds.csv"
+    csv.write_text("patient_id,label,score\n" + "".join(f"p{i},{y},{s}\n" for i, (y, s) in enumerate(rows)))
+    shutil.copy(REPO / "params.yaml", tmp_path)
+    out = run(["covidnet", "evaluate", "--predictions", str(csv), "--out", str(tmp_path / "ev"), "-q"], tmp_path)
+    assert "372 patients" in out.stdout
+    m = json.loads((tmp_path / "ev/metrics.json").read_text())
+    assert round(m["covid"]["sensitivity"]["value"] * 100, 1) == 92.2
+    assert round(m["accuracy"]["value"] * 100, 1) == 96.0
+    bad = tmp_path / "bad.csv"
+    bad.write_text("patient_id,label,score\np1,1,0.5\np2,2,0.5\n")
+    err = run(["covidnet", "evaluate", "--predictions", str(bad), "--out", str(tmp_path / "ev2")], tmp_path, check=False)
+    assert err.returncode == 2 and "label" in err.stderr and "line 3" in err.stderr

@@ -21,8 +21,7 @@ def main() -> None:
     paths = Paths.from_params(params)
     synthetic = params.get("data", {}).get("source") == "synthetic"
     print()
-    print(f"== COVIDNet data stages: profile '{params['profile']}'" + (" -- SYNTHETIC cohort ==" if synthetic else " =="))
-    flow = json.loads((paths.flow / "flow.json").read_text())
+    print(f"== COVIDNet: profile '{params['profile']}'" + (" -- SYNTHETIC cohort ==" if synthetic else " =="))
     print((paths.flow / "flow.md").read_text())
     index = pd.read_csv(paths.preprocessed / "index.csv")
     qc = pd.read_csv(paths.preprocessed / "qc.csv")
@@ -36,9 +35,21 @@ def main() -> None:
         ("tensors", paths.preprocessed, f"{len(index)} tensors, {_size(paths.preprocessed / 'tensors')}, qc.csv ({len(qc)} rows)"),
         ("cohort metrics", paths.metrics, "dvc metrics show"),
     ]
+    if (paths.train_report / "metrics.json").is_file():
+        t = json.loads((paths.train_report / "metrics.json").read_text())
+        auc = "n/a" if t["val_auc"] is None else f"{t['val_auc']:.3f}"
+        rows.append(("model", paths.model, f"best epoch {t['best_epoch']} of {t['epochs_run']}, validation AUC {auc}"))
+    for name in ("test", "external"):
+        m_path = paths.evaluation / name / "metrics.json"
+        if m_path.is_file():
+            m = json.loads(m_path.read_text())
+            auc = m["auc"]["value"]
+            text = "AUC n/a" if auc is None else f"AUC {auc:.3f} (95% CI {m['auc']['ci'][0]:.3f}-{m['auc']['ci'][1]:.3f})"
+            rows.append((f"evaluation ({name})", paths.evaluation / name, f"{m['n']} patients, {text}, report.html"))
     width = max(len(r[0]) for r in rows)
     for name, path, what in rows:
         print(f"  {name:<{width}}  {str(path):<32} {what}")
+    print("  MLflow runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db")
 
 
 if __name__ == "__main__":

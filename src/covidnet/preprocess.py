@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -379,11 +378,6 @@ def preprocess_cohort(split: pd.DataFrame, series: pd.DataFrame, files: pd.DataF
         n_scans=int(ok.sum()), n_reused=int(qc["reused"].sum()), n_failed=int((~ok).sum()),
         tensor_shape=(1, params.depth, params.crop, params.crop), out_dir=str(out_dir),
     )
-
-
-def load_tensor(path: Path | str) -> np.ndarray:
-    """Load a stored tensor ``(1, D, C, C)`` as float32."""
-    return np.load(path).astype(np.float32)
 
 
 def params_dict(params: PreprocessParams) -> dict:

@@ -241,3 +241,11 @@ def test_mlflow_run_logs_params_metrics_and_a_loadable_model(tmp_path):
         torch.testing.assert_close(logged(x), ours(x), atol=1e-5, rtol=1e-4)
     local = mlflow.artifacts.download_artifacts(f"runs:/{r.run_id}/covidnet/model.json", dst_path=str(tmp_path / "dl"))
     assert json.loads(Path(local).read_text())["config"]["preprocess"]["depth"] == 8
+
+
+def test_early_stopping_after_patience(tmp_path):
+    """A learning rate too small to change anything: no better epoch, so stop after `patience` more."""
+    index = _cohort(tmp_path / "pre")
+    r = train_model(index, _paths(tmp_path), TINY, _params(epochs=10, patience=2, learning_rate=1e-12), PRE,
+                    progress=False)
+    assert r.stopped_early and r.epochs_run == 3 and r.best_epoch == 1

@@ -338,18 +338,13 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
         run_id = tracker.run_id
 
     micro = params.micro_batch_size or params.batch_size
-    loader_kwargs = {"num_workers": params.workers, "collate_fn": _collate}
-    if params.workers > 0:
-        loader_kwargs["persistent_workers"] = False
     from torch.utils.data import DataLoader
 
-    stopped_early = False
     since_best = sum(1 for h in history if h["epoch"] > best["epoch"])
-    epoch = start_epoch - 1
+    stopped_early = since_best >= params.patience  # a run killed after its last checkpoint
+    epochs_run = start_epoch - 1
     for epoch in range(start_epoch, params.epochs + 1):
-        if since_best >= params.patience:
-            stopped_early = True
-            epoch -= 1
+        if stopped_early:
             break
         train_set.epoch = epoch
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(params.seed * 100_003 + epoch))
@@ -361,7 +356,7 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
             chunks = [mine[c : c + micro] for c in range(0, len(mine), micro)] or [[]]
             plan.append((len(step), chunks))
         flat = [c for _, chunks in plan for c in chunks if c]
-        loader = iter(DataLoader(train_set, batch_sampler=flat, **loader_kwargs))
+        loader = iter(DataLoader(train_set, batch_sampler=flat, num_workers=params.workers, collate_fn=_collate))
         model.train()
         loss_sum, seen = 0.0, 0
         bar = _bar(progress and dist.main, len(plan), f"epoch {epoch}/{params.epochs}")
@@ -410,9 +405,11 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
                 tracker.log_epoch(row)
         log.info("epoch %d: train loss %.4f, val loss %.4f, val AUC %s", epoch, train_loss, val_loss,
                  "n/a" if val_auc is None else f"{val_auc:.3f}")
+        epochs_run = epoch
+        stopped_early = since_best >= params.patience and epoch < params.epochs
 
     result = TrainResult(best_epoch=int(best["epoch"]), best={k: best[k] for k in ("val_auc", "val_loss")},
-                         epochs_run=epoch, stopped_early=stopped_early, resumed_from=resumed_from,
+                         epochs_run=epochs_run, stopped_early=stopped_early, resumed_from=resumed_from,
                          history=history, run_id=run_id)
     if dist.main:
         _write_outputs(paths, config, result, provenance or {})

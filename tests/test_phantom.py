@@ -120,3 +120,18 @@ def test_projection_shape(anatomy: phantom.Anatomy) -> None:
     img = phantom.draw_projection(anatomy, [], size=(60, 90), spacing_mm=(4.0, 4.0))
     assert img.shape == (60, 90)
     assert img.std() > 50
+
+
+def test_covid_findings_stay_visible_after_downsampling(anatomy: phantom.Anatomy, clean: np.ndarray) -> None:
+    """Several 2-5 cm GGO patches per lung: large and dense enough to survive a 32 x 96 x 96 resize."""
+    findings = phantom.covid_findings(np.random.default_rng(5), anatomy, consolidation=False, severity=0.5)
+    assert len(findings) >= 4
+    assert all(-600.0 <= f.hu <= -400.0 for f in findings)
+    assert all(2.0 * min(f.radii) >= 15.0 for f in findings)
+    sick = phantom.draw_chest(SHAPE, SPACING, anatomy, findings)
+    lung = (clean > -950) & (clean < -700)
+    raised = lung & (sick - clean > 150.0)
+    voxel_ml = float(np.prod(SPACING)) / 1000.0
+    x = (np.arange(SHAPE[2]) - (SHAPE[2] - 1) / 2) * SPACING[2]
+    for side in (x < 0, x > 0):  # bilateral
+        assert raised[:, :, side].sum() * voxel_ml > 30.0

@@ -129,7 +129,41 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(nothing is allocated).")
     p.add_argument("action", choices=("summary",), help="what to show")
     p.add_argument("--builders", nargs="+", default=None, help="builders to show (default: all)")
+    p = sub.add_parser("serve", help="serve the model over HTTP (KServe ModelServer)",
+                       description="Start the KServe ModelServer with serving/covidnet_model.py on this machine: "
+                                   "V1 /v1/models/NAME:predict and V2 /v2/models/NAME/infer (DICOM study zips or "
+                                   "preprocessed tensors), health and readiness (/v2/health/ready) and /metrics.")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (default: %(default)s)")
+    p.add_argument("--grpc-port", type=int, default=None, help="also serve gRPC on this port (default: off)")
+    p.add_argument("--model-dir", type=Path, default=None, help="model folder (default: paths.model)")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    p.add_argument("--profile", default=None, help="apply profiles.<NAME> from the params file")
+    p = sub.add_parser("predict", help="send a DICOM study folder to a running server, print the answer",
+                       description="Zip every file under PATH (one study; any depth), POST it as an Open Inference "
+                                   "Protocol (V2) BYTES input to URL and print the JSON answer.")
+    p.add_argument("path", type=Path, help="folder holding the study's DICOM files")
+    p.add_argument("--url", default="http://127.0.0.1:8080/v2/models/covidnet/infer",
+                   help="the V2 infer endpoint (default: %(default)s)")
     return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Run serving/covidnet_model.py in this process, with KServe's own argument parser."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[2] / "serving" / "covidnet_model.py"
+    if not script.is_file():
+        raise FileNotFoundError(f"{script}: the KServe model script (serve from a source checkout)")
+    argv = ["--http_port", str(args.port), "--params", str(args.params), "--enable_grpc",
+            "false" if args.grpc_port is None else "true", "--grpc_port", str(args.grpc_port or 8081)]
+    argv += ["--model_dir", str(args.model_dir)] if args.model_dir else []
+    argv += ["--profile", args.profile] if args.profile else []
+    sys.argv = [str(script), *argv]  # `import kserve` parses sys.argv
+    spec = importlib.util.spec_from_file_location("covidnet_model", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(argv)
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -140,6 +174,15 @@ def _run(args: argparse.Namespace) -> int:
         from covidnet.model import BUILDERS, format_summary, model_summary
 
         print(format_summary(model_summary(args.builders or BUILDERS)))
+        return 0
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "predict":
+        import json
+
+        from covidnet.serve import post_study
+
+        print(json.dumps(post_study(args.path, args.url), indent=2))
         return 0
     params = load_params(args.params, profile=args.profile)
     overrides = {k: getattr(args, k, None) for k in _PATH_FIELDS}

@@ -23,6 +23,7 @@ Stages, in the order dvc.yaml runs them:
   preprocess  clip HU, scale to [0,1], resize, crop -> (1, D, C, C) tensors + QC table
   train       COVIDNet (3D DenseNet), Adam + BCE, best epoch by validation AUC, MLflow run
   evaluate    the paper's figures with bootstrap CIs on the test sets; report, plots, metrics
+  promote     register the evaluated model in MLflow; the gate moves the `champion` alias
 
 Every number comes from params.yaml (section per stage; `profile` picks overrides from
 `profiles`); every path from its `paths` section, overridable per flag.
@@ -95,9 +96,22 @@ _STAGES: dict[str, tuple[str, str, list[tuple[str, str, str]]]] = {
         [("--out", "evaluation", "output folder"), ("--model", "model", "trained model folder"),
          ("--preprocessed", "preprocessed", "preprocessed tensors folder")],
     ),
+    "promote": (
+        "register the evaluated model; the gate moves the `champion` alias",
+        "Register the trained model (the MLflow run in model.json) as a new version of mlflow.registered_model, "
+        "tagged with the git commit, the cohort's DVC hash, a params hash and the test figures with CIs. The gate "
+        "(promote params): lower CI bound of test AUC >= min_auc_lower and of COVID-19 sensitivity >= "
+        "min_sensitivity_lower; with compare_with_champion, a paired bootstrap of AUC(new) - AUC(champion) on "
+        "the same test patients whose lower CI bound must not fall below -max_auc_drop. Passing moves the alias "
+        "`champion` here and `previous_champion` to the old one; failing sets `challenger`. The decision record "
+        "(which rule, which numbers) goes to paths.decision and a version tag. A failing gate exits 0. "
+        "--rollback moves `champion` back to `previous_champion`. No version is ever deleted.",
+        [("--model", "model", "trained model folder"), ("--evaluation", "evaluation", "evaluate stage folder"),
+         ("--out", "decision", "decision record (JSON)")],
+    ),
 }
 _PATH_FIELDS = ("dicom", "manifest", "index", "validation", "cohort", "split", "preprocessed", "model",
-                "checkpoints", "train_report", "evaluation")
+                "checkpoints", "train_report", "evaluation", "decision")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "always: must resume, and say which settings differ; never: start afresh")
             p.add_argument("--no-track", action="store_true",
                            help="do not record an MLflow run (quick experiments; dvc repro tracks)")
+        if name == "promote":
+            p.add_argument("--rollback", action="store_true",
+                           help="move `champion` back to the version aliased `previous_champion` (registers nothing)")
     p = sub.add_parser("model", help="inspect the network builders",
                        description="`covidnet model summary`: parameters and forward FLOPs per volume of each "
                                    "builder (paper: DenseNet-264 at 1x64x384x384; released: the authors' TF "
@@ -235,6 +252,19 @@ def _run(args: argparse.Namespace) -> int:
             auc_text = "n/a" if auc is None else f"{auc:.3f}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
             print(f"evaluate {name}{synthetic}: {m['n']} patients, AUC {auc_text}, accuracy "
                   f"{m['accuracy']['value']:.3f}")
+    elif cmd == "promote":
+        r = stages.run_promote(params, paths, rollback=args.rollback)
+        if args.rollback:
+            print(f"promote: rolled back {r.registered_model}: champion is version {r.champion} again (version "
+                  f"{r.demoted} is now `rolled_back`)")
+        elif r.promoted:
+            print(f"promote{synthetic}: {r.registered_model} version {r.version} is the champion"
+                  + (f" (previous champion: version {r.previous_champion})" if r.previous_champion else "")
+                  + f"; decision in {paths.decision}")
+        else:
+            failed = "; ".join(f"{x.name}: {x.detail}" for x in r.failed)
+            print(f"promote{synthetic}: {r.registered_model} version {r.version} NOT promoted (alias challenger; "
+                  f"champion unchanged): {failed}; decision in {paths.decision}")
     return 0
 
 
@@ -248,12 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     from covidnet.params import ParamsError
     from covidnet.split import SplitError
     from covidnet.evaluate import PredictionsError
+    from covidnet.promote import PromoteError
     from covidnet.train import ResumeError, TrainDataError
 
     try:
         return _run(args)
     except (ParamsError, ManifestError, SeriesReadError, SplitError, TrainDataError, ResumeError, PredictionsError,
-            FileNotFoundError, ValueError) as exc:
+            PromoteError, FileNotFoundError, ValueError) as exc:
         print(f"covidnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

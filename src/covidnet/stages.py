@@ -38,6 +38,7 @@ class Paths:
     train_report: Path
     calibrator: Path
     evaluation: Path
+    decision: Path
 
     @classmethod
     def from_params(cls, params: dict[str, Any], **overrides: Path | str | None) -> "Paths":
@@ -189,3 +190,24 @@ def run_evaluate(params: dict[str, Any], paths: Paths, predictions: Path | None 
     index = pd.read_csv(paths.preprocessed / "index.csv", dtype=str, keep_default_na=False)
     return evaluate_model(index, paths.preprocessed, paths.model, eparams, out or paths.evaluation, paths.calibrator,
                           synthetic=synthetic)
+
+
+def run_promote(params: dict[str, Any], paths: Paths, rollback: bool = False):
+    """Register the evaluated model and apply the gate (writes ``paths.decision``), or roll back.
+
+    Returns:
+        The :class:`covidnet.promote.Decision`, or with ``rollback`` the
+        :class:`covidnet.promote.Rollback`.
+    """
+    from covidnet import promote as promote_
+    from covidnet.tracking import MlflowParams, git_commit
+
+    mlflow_params = section(params, "mlflow", MlflowParams)
+    if rollback:
+        return promote_.rollback(mlflow_params)
+    promote_params = section(params, "promote", promote_.PromoteParams)
+    provenance = {"git_commit": git_commit(), "data_version": promote_.cohort_version(paths.cohort),
+                  "params_hash": promote_.params_hash(params), "synthetic": str(_is_synthetic(params)).lower(),
+                  "profile": params["profile"]}
+    return promote_.promote(paths.model, paths.evaluation, promote_params, mlflow_params,
+                            provenance=provenance, decision_path=paths.decision)

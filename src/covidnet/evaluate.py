@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from covidnet import atomic, report
+from covidnet import atomic
 from covidnet.metrics import (CALIBRATORS, CLASSES, FIGURES, Calibrator, agreement_indicators, bootstrap,
                               brier_score, cell_counts, confusion_indicators, expected_calibration_error, figure,
                               fit_calibrator, kappa_from_counts, rates, reliability_curve, score_stat,
@@ -367,6 +367,8 @@ def evaluate_predictions(preds: pd.DataFrame, params: EvaluateParams, out_dir: P
         atomic.write_csv(tmp / "roc.csv", roc)
         atomic.write_csv(tmp / "reliability.csv", pd.concat(
             [pd.DataFrame({"scores": k, **v}) for k, v in curves.items()], ignore_index=True))
+        from covidnet import report  # matplotlib: only when a report is written
+
         report.write_report(tmp, metrics, roc, curves, embedding=embedding, labels=y, wrong=wrong,
                             tsne_note=tsne_note)
         for name in OUTPUT_FILES:

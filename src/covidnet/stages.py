@@ -150,7 +150,7 @@ def run_train(params: dict[str, Any], paths: Paths, resume: str = "auto", track:
     """Train on the preprocessed tensors; track the run in MLflow."""
     from covidnet.model import ModelParams
     from covidnet.preprocess import PreprocessParams, params_dict
-    from covidnet.tracking import MlflowParams, data_version, git_commit
+    from covidnet.tracking import data_version, git_commit, mlflow_params
     from covidnet.train import TrainParams, TrainPaths, train_model
 
     index = pd.read_csv(paths.preprocessed / "index.csv", dtype=str, keep_default_na=False)
@@ -164,7 +164,7 @@ def run_train(params: dict[str, Any], paths: Paths, resume: str = "auto", track:
         section(params, "train", TrainParams),
         params_dict(section(params, "preprocess", PreprocessParams)),
         resume=resume,
-        mlflow_params=section(params, "mlflow", MlflowParams) if track else None,
+        mlflow_params=mlflow_params(params) if track else None,
         provenance=provenance,
         progress=progress,
     )
@@ -184,9 +184,9 @@ def run_evaluate(params: dict[str, Any], paths: Paths, predictions: Path | None 
         out = out or paths.evaluation / "predictions"
         return {"predictions": evaluate_predictions(read_predictions(predictions), eparams, out,
                                                     synthetic=synthetic, title="predictions")}
-    from covidnet.tracking import MlflowParams, configure
+    from covidnet.tracking import configure, mlflow_params
 
-    configure(section(params, "mlflow", MlflowParams))
+    configure(mlflow_params(params))
     index = pd.read_csv(paths.preprocessed / "index.csv", dtype=str, keep_default_na=False)
     return evaluate_model(index, paths.preprocessed, paths.model, eparams, out or paths.evaluation, paths.calibrator,
                           synthetic=synthetic)
@@ -200,14 +200,14 @@ def run_promote(params: dict[str, Any], paths: Paths, rollback: bool = False):
         :class:`covidnet.promote.Rollback`.
     """
     from covidnet import promote as promote_
-    from covidnet.tracking import MlflowParams, git_commit
+    from covidnet.tracking import git_commit, mlflow_params
 
-    mlflow_params = section(params, "mlflow", MlflowParams)
+    tracking = mlflow_params(params)
     if rollback:
-        return promote_.rollback(mlflow_params)
+        return promote_.rollback(tracking)
     promote_params = section(params, "promote", promote_.PromoteParams)
     provenance = {"git_commit": git_commit(), "data_version": promote_.cohort_version(paths.cohort),
                   "params_hash": promote_.params_hash(params), "synthetic": str(_is_synthetic(params)).lower(),
                   "profile": params["profile"]}
-    return promote_.promote(paths.model, paths.evaluation, promote_params, mlflow_params,
+    return promote_.promote(paths.model, paths.evaluation, promote_params, tracking,
                             provenance=provenance, decision_path=paths.decision)

@@ -2,7 +2,7 @@
 
 The default store is SQLite in the repository (``mlflow.tracking_uri`` in params, e.g.
 ``sqlite:///mlflow.db``) with artifacts in a local folder (``mlflow.artifact_root``);
-``MLFLOW_TRACKING_URI`` in the environment overrides it (a tracking server with PostgreSQL
+``MLFLOW_TRACKING_URI`` in the environment overrides it (:func:`mlflow_params`) (a tracking server with PostgreSQL
 and S3 artifacts in a cluster). SQLite locks under concurrent writers: one writer at a time,
 or a server.
 """
@@ -27,15 +27,30 @@ class MlflowParams:
     registered_model: str = "covidnet"
 
 
-def configure(params: MlflowParams) -> str:
-    """Point MLflow at the tracking store and experiment; return the experiment id.
+def mlflow_params(params: dict[str, Any]) -> MlflowParams:
+    """The ``mlflow`` section of merged params, with ``MLFLOW_TRACKING_URI`` overriding the store.
 
-    ``MLFLOW_TRACKING_URI`` wins over ``params.tracking_uri``. A new experiment gets
-    ``params.artifact_root`` (made absolute) as its artifact location when the store is local.
+    Read where a command starts: ``mlflow.set_tracking_uri`` itself writes that variable,
+    so later in the same process it no longer tells what the user asked for.
+    """
+    import dataclasses
+
+    from covidnet.params import section
+
+    base = section(params, "mlflow", MlflowParams)
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return dataclasses.replace(base, tracking_uri=uri) if uri else base
+
+
+def configure(params: MlflowParams) -> str:
+    """Point MLflow at ``params.tracking_uri`` and the experiment; return the experiment id.
+
+    A new experiment gets ``params.artifact_root`` (made absolute) as its artifact location
+    when the store is local.
     """
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.tracking_uri
+    uri = params.tracking_uri
     mlflow.set_tracking_uri(uri)
     existing = mlflow.get_experiment_by_name(params.experiment)
     if existing is not None:

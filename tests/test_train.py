@@ -242,6 +242,16 @@ def test_mlflow_run_logs_params_metrics_and_a_loadable_model(tmp_path):
     local = mlflow.artifacts.download_artifacts(f"runs:/{r.run_id}/covidnet/model.json", dst_path=str(tmp_path / "dl"))
     assert json.loads(Path(local).read_text())["config"]["preprocess"]["depth"] == 8
 
+    # The same settings again (a dvc repro after an unrelated params change): the finished run is
+    # reused, nothing is logged twice.
+    def logged_models():
+        return len(mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list"))
+
+    before = logged_models()
+    again = train_model(index, paths, TINY, _params(epochs=2), PRE, mlflow_params=mp,
+                        provenance={"git_commit": "abc", "data_version": "sha256:x", "synthetic": "true"}, progress=False)
+    assert again.run_id == r.run_id and again.resumed_from == 2 and logged_models() == before
+
 
 def test_early_stopping_after_patience(tmp_path):
     """A learning rate too small to change anything: no better epoch, so stop after `patience` more."""

@@ -304,7 +304,7 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
 
     history: list[dict[str, Any]] = []
     best = {"epoch": 0, "val_auc": None, "val_loss": None}
-    start_epoch, run_id = 1, None
+    start_epoch, run_id, logged = 1, None, False
     ckpt_path = paths.checkpoints / CHECKPOINT
     if resume != "never" and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
@@ -320,6 +320,7 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
             scaler.load_state_dict(state["scaler"])
             torch.set_rng_state(state["rng"])
             history, best, run_id = state["history"], state["best"], state.get("run_id")
+            logged = bool(state.get("logged", False))
             start_epoch = int(state["epoch"]) + 1
             log.info("resuming from %s after epoch %d", ckpt_path, start_epoch - 1)
     elif resume == "always":
@@ -332,16 +333,17 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
 
         ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device_kind == "cuda" else None)
 
-    tracker = None
-    if mlflow_params is not None and dist.main:
-        tracker = _MlflowRun(mlflow_params, run_id, config, provenance or {})
-        run_id = tracker.run_id
-
     micro = params.micro_batch_size or params.batch_size
     from torch.utils.data import DataLoader
 
     since_best = sum(1 for h in history if h["epoch"] > best["epoch"])
     stopped_early = since_best >= params.patience  # a run killed after its last checkpoint
+    finished = logged and (stopped_early or start_epoch > params.epochs)  # the same run, already complete
+
+    tracker = None
+    if mlflow_params is not None and dist.main and not finished:
+        tracker = _MlflowRun(mlflow_params, run_id, config, provenance or {})
+        run_id = tracker.run_id
     epochs_run = start_epoch - 1
     for epoch in range(start_epoch, params.epochs + 1):
         if stopped_early:
@@ -417,6 +419,8 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
             best_model = build_model(model_params)
             best_model.load_state_dict(load_checkpoint(paths.checkpoints / BEST)["model"])
             tracker.finish(paths, result, shape, best_model.eval())
+            state = load_checkpoint(ckpt_path)
+            _save({**state, "logged": True}, ckpt_path)  # a rerun with these settings reuses this run
     if dist.world > 1:
         import torch.distributed as tdist
 

@@ -1,4 +1,4 @@
-"""COVIDNet as a KServe model: DICOM study zips (or preprocessed tensors) in, per-study answers out.
+"""COVIDNet as a KServe model: DICOM study zips, s3:// references or tensors in, per-study answers out.
 
 Run: ``python serving/covidnet_model.py --model_dir models/covidnet --http_port 8080`` (any
 KServe ModelServer flag works), or ``covidnet serve``. The logic lives in
@@ -6,6 +6,7 @@ KServe ModelServer flag works), or ``covidnet serve``. The logic lives in
 """
 
 import argparse
+import asyncio
 import json
 from pathlib import Path
 
@@ -28,12 +29,15 @@ class COVIDNetModel(kserve.Model):
 
     def load(self) -> bool:
         self.bundle = core.load_bundle(self.model_dir, self.params, self.name)
-        score(self.bundle.net, [torch.zeros((1, *self.bundle.shape))])  # warm-up
+        score(self.bundle.net, [torch.zeros((1, *self.bundle.shape))], self.bundle.device)  # warm-up
         self.ready = True
         return self.ready
 
     def _item(self, item, label: str) -> list[core.Study]:
-        """A V1 instance or a V2 tensor: a base64 zip (str, or ``{"b64": str}``) or a tensor."""
+        """A V1 instance or a V2 element: a base64 zip (str, or ``{"b64": str}``), an ``s3://``
+        reference (str, or ``{"s3": str}``) or a tensor."""
+        if isinstance(item, dict) and "s3" in item or isinstance(item, str) and item.startswith("s3://"):
+            return core.study_s3(item["s3"] if isinstance(item, dict) else item, self.bundle, label)
         if isinstance(item, (str, bytes)) or (isinstance(item, dict) and "b64" in item):
             return core.study_zip(item["b64"] if isinstance(item, dict) else item, self.bundle, label)
         return [core.Study(x, {}) for x in core.tensor_batch(item, self.bundle.shape, label)]
@@ -55,7 +59,11 @@ class COVIDNetModel(kserve.Model):
                                            "or FP32/FP16 (preprocessed tensor)")
         return studies
 
-    def preprocess(self, payload, headers=None) -> dict:
+    async def preprocess(self, payload, headers=None) -> dict:
+        # Off the event loop: a slow upload must not hold up health checks or other requests.
+        return await asyncio.to_thread(self._preprocess, payload)
+
+    def _preprocess(self, payload) -> dict:
         try:
             studies = self._studies(payload)
         except (core.ServeInputError, ValueError) as exc:  # ValueError: V2 data that do not fill its shape
@@ -67,8 +75,8 @@ class COVIDNetModel(kserve.Model):
         return {"x": np.stack([s.tensor for s in studies]), "info": [s.info for s in studies],
                 "v2": isinstance(payload, InferRequest), "id": getattr(payload, "id", None)}
 
-    def predict(self, payload: dict, headers=None) -> dict:
-        logits, _ = score(self.bundle.net, [torch.from_numpy(payload["x"])])
+    async def predict(self, payload: dict, headers=None) -> dict:
+        logits, _ = await asyncio.to_thread(score, self.bundle.net, [torch.from_numpy(payload["x"])], self.bundle.device)
         return {**payload, "logits": logits}
 
     def postprocess(self, result: dict, headers=None, response_headers=None):

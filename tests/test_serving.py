@@ -2,6 +2,7 @@
 
 A tiny model is trained in a fixture (as tests/test_train.py does); studies are real DICOM
 files written by :func:`covidnet.synth.write_series`, zipped and posted as the clients do.
+S3 study references are fetched from moto's S3 server on loopback (a real HTTP endpoint).
 """
 
 import base64
@@ -18,12 +19,14 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from covidnet.params import load_params
-from covidnet.serve import (ServeInputError, ServeParams, extract_zip, load_bundle, results, tensor_batch,
-                            v2_zip_request, zip_folder)
+from covidnet.preprocess import PreprocessParams
+from covidnet.serve import (ServeInputError, ServeParams, extract_zip, load_bundle, lung_abnormality, results,
+                            studies_from_folder, tensor_batch, v2_zip_request, zip_folder)
 from covidnet.synth import SeriesHeader, write_series
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,10 +43,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _study(root: Path, uid: str = "s1", skip=(), **header) -> Path:
-    rng = np.random.default_rng(0)
-    vol = rng.normal(-700, 80, size=(12, 32, 32))
-    vol[:, 4:28, 4:28] += 600
+def _study(root: Path, uid: str = "s1", skip=(), noise: float = 80.0, seed: int = 0, tissue: float = -100.0,
+           **header) -> Path:
+    """12 slices of 32 x 32: -700 HU around a square of ``tissue`` HU, Gaussian noise of ``noise`` HU."""
+    rng = np.random.default_rng(seed)
+    vol = rng.normal(-700, noise, size=(12, 32, 32))
+    vol[:, 4:28, 4:28] += tissue + 700
     write_series(root / uid, vol, (8.0, 10.0, 10.0), header=SeriesHeader(uid_entropy=uid, **header),
                  skip_slices=skip)
     return root / uid
@@ -68,8 +73,43 @@ def _post(url: str, body, content_type: str = "application/json") -> tuple[int, 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A trained tiny model folder and `covidnet serve` on a free loopback port."""
+def s3():
+    """moto's S3 server on a free loopback port; the env a boto3 client (and the server) needs."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    host, port = moto.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")
+    client.create_bucket(Bucket="studies")
+    try:
+        yield {"env": env, "client": client}
+    finally:
+        moto.stop()
+
+
+def _reference_qc(root: Path) -> pd.DataFrame:
+    """A training QC table from normal studies (soft tissue at 40 HU) with noise of 8 to 20 HU."""
+    series = load_params(REPO / "params.yaml", profile="tiny")["series"]
+    from covidnet.dicom import SeriesParams
+
+    sp = SeriesParams(**{**series, "workers": 1})
+    pre = PreprocessParams(**{**PRE, "dtype": "float16", "body_hu": -500.0, "lung_hu": [-950.0, -400.0]})
+    rows = []
+    for i, noise in enumerate((8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0)):
+        folder = _study(root, uid=f"ref{i}", noise=noise, seed=100 + i, tissue=40.0)
+        (study,) = studies_from_folder(folder, sp, pre)
+        rows.append({**study.info["qc"], "split": "train", "error": ""})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, s3):
+    """A trained tiny model folder (with a training QC table) and `covidnet serve` on a free loopback port."""
     from covidnet.train import train_model
 
     tmp = tmp_path_factory.mktemp("serve")
@@ -77,16 +117,19 @@ def server(tmp_path_factory):
     train_model(index, _paths(tmp), TINY, _params(epochs=1, batch_size=2),
                 {**PRE, "dtype": "float16", "body_hu": -500.0, "lung_hu": [-950.0, -400.0], "workers": 1},
                 progress=False)
+    _reference_qc(tmp / "ref").to_csv(tmp / "model" / "qc.csv", index=False)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["profile"] = "tiny"
     params["serve"]["max_uncompressed_mb"] = 1
+    params["serve"]["qc_margin"] = 0.1
     params["paths"]["calibrator"] = str(tmp / "calibrator.json")
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
     port = _free_port()
     log = open(tmp / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "covidnet.cli", "serve", "--port", str(port), "--model-dir",
                              str(tmp / "model"), "--params", str(tmp / "params.yaml")],
-                            cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, **s3["env"], "PYTHONUNBUFFERED": "1"})
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60
@@ -230,3 +273,95 @@ def test_bundle_calibrator_and_threshold(server, tmp_path):
     out = results(np.array([2.0, -1.0]), bundle, [{}, {}])
     assert out[0]["covid19_probability"] < out[0]["score"] and out[0]["decision"] == "covid19"
     assert out[1]["covid19_probability"] > out[1]["score"] and out[1]["decision"] == "other_pneumonia"
+
+
+def _result(body: dict) -> dict:
+    return json.loads({o["name"]: o for o in body["outputs"]}["result"]["data"][0])
+
+
+def test_qc_flags_against_training_reference(server, tmp_path):
+    """A normal study (noise 14 HU) is in range on every QC field; a very noisy one (150 HU) is flagged."""
+    status, body = _post(server["infer"], v2_zip_request([zip_folder(_study(tmp_path / "a", uid="n", seed=7, noise=14.0, tissue=40.0))]))
+    assert status == 200, body
+    check = _result(body)["qc_check"]
+    assert check["reference"].endswith("(7 scans, p1..p99, margin 0.1)") and "qc.csv" in check["reference"]
+    assert check["all_in_range"] is True and check["out_of_range"] == [], check
+    f = check["fields"]["noise_hu"]
+    assert f["in_range"] is True and f["range"][0] <= f["value"] <= f["range"][1]
+    status, body = _post(server["infer"],
+                         v2_zip_request([zip_folder(_study(tmp_path / "b", uid="noisy", noise=150.0, seed=8, tissue=40.0))]))
+    assert status == 200, body
+    check = _result(body)["qc_check"]
+    assert check["all_in_range"] is False and "noise_hu" in check["out_of_range"], check
+    assert check["fields"]["noise_hu"]["in_range"] is False
+    assert check["fields"]["noise_hu"]["value"] > check["fields"]["noise_hu"]["range"][1]
+
+
+def _lung_phantom(lesions: bool = True, noise: float = 15.0, seed: int = 0):
+    """Body (40 HU) with two ellipsoid lungs (-850 HU); a GGO sphere (-550 HU, r 8 px) inside the
+    left lung and a consolidation sphere (30 HU, r 6 px) inside the right one. Returns the HU
+    volume and the true GGO and consolidation fractions of the lung volume."""
+    rng = np.random.default_rng(seed)
+    d, n = 40, 128
+    z, y, x = np.mgrid[:d, :n, :n].astype(float)
+    vol = np.full((d, n, n), -1000.0)
+    vol[((y - 64) / 50) ** 2 + ((x - 64) / 60) ** 2 <= 1] = 40.0
+    lungs = np.zeros(vol.shape, bool)
+    for cx in (38, 90):
+        lungs |= ((z - 20) / 17) ** 2 + ((y - 62) / 32) ** 2 + ((x - cx) / 18) ** 2 <= 1
+    vol[lungs] = -850.0
+    ggo = (z - 20) ** 2 + (y - 55) ** 2 + (x - 38) ** 2 <= 8 ** 2
+    cons = (z - 24) ** 2 + (y - 70) ** 2 + (x - 90) ** 2 <= 6 ** 2
+    if lesions:
+        vol[ggo], vol[cons] = -550.0, 30.0
+    vol += rng.normal(0, noise, vol.shape)
+    return vol, (ggo.sum() / lungs.sum() if lesions else 0.0), (cons.sum() / lungs.sum() if lesions else 0.0)
+
+
+@pytest.mark.parametrize("lesions", [True, False])
+def test_lesion_fractions_on_phantom(tmp_path, lesions):
+    """Known lesion volumes, written as DICOM and read back through the serving path: the GGO and
+    consolidation fractions agree with the truth within 0.002 absolute (truth ~0.026 and ~0.011)."""
+    from covidnet.dicom import SeriesParams
+
+    vol, ggo, cons = _lung_phantom(lesions)
+    write_series(tmp_path / "ph", vol, (2.5, 2.5, 2.5), header=SeriesHeader(uid_entropy=f"ph{lesions}"))
+    series = SeriesParams(**{**load_params(REPO / "params.yaml", profile="tiny")["series"], "workers": 1})
+    pre = PreprocessParams(**{**PRE, "dtype": "float16", "body_hu": -500.0, "lung_hu": [-950.0, -400.0]})
+    (study,) = studies_from_folder(tmp_path / "ph", series, pre, serve=ServeParams())
+    got = study.info["lesions"]
+    assert got["ggo_fraction"] == pytest.approx(ggo, abs=0.002)
+    assert got["consolidation_fraction"] == pytest.approx(cons, abs=0.002)
+    assert got["abnormal_fraction"] == pytest.approx(ggo + cons, abs=0.003)
+    if lesions:
+        assert 0.02 < ggo < 0.03 and 0.008 < cons < 0.015  # the phantom is what the docstring says
+
+
+def test_lesion_fractions_params_and_empty():
+    """HU ranges come from params; a volume without air in the body has no lung."""
+    vol, ggo, _ = _lung_phantom(noise=0.0)
+    wide = lung_abnormality(vol, -500.0, ServeParams(ggo_hu=(-900.0, -300.0)))
+    assert wide["ggo_fraction"] > 0.9  # normal lung (-850) now counts as GGO
+    assert lung_abnormality(np.full((4, 16, 16), 40.0), -500.0, ServeParams())["ggo_fraction"] is None
+
+
+def test_s3_study_references(server, s3, tmp_path):
+    """A zip object (V2 BYTES) and a prefix of DICOM files (V1 {"s3": ...}) from moto's S3 over HTTP;
+    a missing object is a 400 naming the URI."""
+    folder = _study(tmp_path / "dicom", uid="s3study")
+    s3["client"].put_object(Bucket="studies", Key="zips/study.zip", Body=zip_folder(folder))
+    for f in sorted(folder.iterdir()):
+        s3["client"].put_object(Bucket="studies", Key=f"dicom/s3study/{f.name}", Body=f.read_bytes())
+    req = {"inputs": [{"name": "study_ref", "shape": [1], "datatype": "BYTES", "data": ["s3://studies/zips/study.zip"]}]}
+    status, body = _post(server["infer"], req)
+    assert status == 200, body
+    uid = _result(body)["series_uid"]
+    assert uid.startswith("1.")
+    status, body = _post(f"{server['base']}/v1/models/{NAME}:predict", {"instances": [{"s3": "s3://studies/dicom/s3study"}]})
+    assert status == 200, body
+    assert body["predictions"][0]["series_uid"] == uid and body["predictions"][0]["lesions"] is not None
+    for uri in ("s3://studies/zips/missing.zip", "s3://studies/nothing/here", "s3://nosuchbucket/a.zip"):
+        status, body = _post(server["infer"], {"inputs": [{"name": "r", "shape": [1], "datatype": "BYTES",
+                                                           "data": [uri]}]})
+        assert status == 400 and uri in body["error"], (uri, body)
+    _alive(server)

@@ -9,6 +9,11 @@ functions, so everything here is testable without a server and imports no kserve
   :func:`covidnet.dicom.index_tree` (series selection) and
   :func:`covidnet.preprocess.preprocess_series` — and returns one ``(1, D, C, C)`` tensor per
   study with the chosen SeriesInstanceUID, why it was chosen, and the QC values;
+* :func:`lung_abnormality` measures ground-glass and consolidation fractions of the lung
+  volume by HU thresholds (synthetic-phantom validated only; see serving/README.md);
+* :func:`qc_reference` / :func:`qc_check` compare each study's QC values with the range seen
+  in training (``qc.csv``);
+* :func:`study_s3` fetches a study (a zip object or a prefix of DICOM files) from S3;
 * :func:`tensor_batch` checks a preprocessed tensor against the model card's input shape;
 * :func:`load_bundle` loads a model folder once (network, card, calibrator, threshold);
 * :func:`results` turns logits into the per-study answers (:func:`answer`);
@@ -51,13 +56,31 @@ class ServeParams:
     max_uncompressed_mb: float = 2048.0  # zip bomb guard, per uploaded zip
     max_members: int = 20000             # zip bomb guard, per uploaded zip
     max_studies: int = 16                # studies answered in one request
+    qc_percentiles: tuple[float, float] = (1.0, 99.0)  # reference range of each QC value in training
+    qc_margin: float = 0.0               # widen that range by this fraction of its width on each side
+    lung_hu: tuple[float, float] = (-950.0, -300.0)    # aerated lung incl. ground glass (lung mask seed)
+    ggo_hu: tuple[float, float] = (-700.0, -300.0)     # ground-glass opacity
+    consolidation_hu: tuple[float, float] = (-100.0, 100.0)
+    lung_min_component: float = 0.1      # keep air regions >= this fraction of the largest one
+    lung_closing_px: int = 3             # 2D closing (px, after subsampling) that takes in lesions at the lung edge
+    lesion_max_slices: int = 64          # slices read for the lesion fractions (evenly spaced)
+    lesion_max_px: int = 256             # in-plane size they are subsampled to (at most)
+    device: str = "auto"                 # where the network runs: auto (cuda when available), cpu, cuda
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"serve.threshold must be in [0, 1], got {self.threshold}")
-        for name in ("max_uncompressed_mb", "max_members", "max_studies"):
+        for name in ("max_uncompressed_mb", "max_members", "max_studies", "lesion_max_slices", "lesion_max_px"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"serve.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("qc_percentiles", "lung_hu", "ggo_hu", "consolidation_hu"):
+            lo, hi = getattr(self, name)
+            if not lo < hi:
+                raise ValueError(f"serve.{name} must be [low, high] with low < high, got {[lo, hi]}")
+            object.__setattr__(self, name, (float(lo), float(hi)))
+        if self.qc_margin < 0 or self.lung_closing_px < 0 or not 0 < self.lung_min_component <= 1:
+            raise ValueError("serve.qc_margin and serve.lung_closing_px must be >= 0, serve.lung_min_component "
+                             f"in (0, 1]; got {self.qc_margin}, {self.lung_closing_px}, {self.lung_min_component}")
 
 
 @dataclass(frozen=True)
@@ -111,8 +134,11 @@ def extract_zip(data: bytes, dest: Path | str, params: ServeParams, label: str =
 
 
 def studies_from_folder(root: Path | str, series: SeriesParams, preprocess: PreprocessParams,
-                        label: str = "zip") -> list[Study]:
+                        label: str = "zip", serve: ServeParams | None = None) -> list[Study]:
     """Select one series per study under ``root`` and preprocess it as the pipeline does.
+
+    With ``serve``, also measure the lesion fractions (:func:`lung_abnormality`) on up to
+    ``serve.lesion_max_slices`` evenly spaced slices of the selected series.
 
     Raises:
         ServeInputError: no DICOM file; a study without an eligible series (each series'
@@ -133,14 +159,132 @@ def studies_from_folder(root: Path | str, series: SeriesParams, preprocess: Prep
         files = index.files[index.files["series_uid"] == row["series_uid"]]
         try:
             tensor, qc = preprocess_series(files, root, preprocess, shape=(int(row["rows"]), int(row["columns"])))
+            lesions = None if serve is None else lung_abnormality(_lesion_sample(files, root, row, serve),
+                                                                  preprocess.body_hu, serve)
         except SeriesReadError as exc:
             raise ServeInputError(f"{label}: series {row['series_uid']}: {exc}") from None
         qc = {**qc, "n_slices": int(len(files)),
               "slice_spacing_mm": float(np.median(np.diff(files["position_mm"]))) if len(files) > 1 else None}
         out.append(Study(tensor.astype(np.float32), {
             "study_uid": str(study_uid), "series_uid": str(row["series_uid"]), "patient_id": str(row["patient_id"]),
-            "selection": str(row["selection"]), "qc": {k: _json_float(v) for k, v in qc.items()}}))
+            "selection": str(row["selection"]), "qc": {k: _json_float(v) for k, v in qc.items()},
+            "lesions": lesions}))
     return out
+
+
+def _lesion_sample(files, root: Path | str, row, serve: ServeParams) -> np.ndarray:
+    """Up to ``lesion_max_slices`` evenly spaced slices in HU, subsampled to <= ``lesion_max_px``."""
+    from covidnet.dicom import read_volume_hu
+
+    take = np.unique(np.linspace(0, len(files) - 1, min(len(files), serve.lesion_max_slices)).round().astype(int))
+    h, w = int(row["rows"]), int(row["columns"])
+    step = max(1, -(-max(h, w) // serve.lesion_max_px))
+    return read_volume_hu(files.iloc[take], root, (h, w))[:, ::step, ::step]
+
+
+def lung_abnormality(hu: np.ndarray, body_hu: float, params: ServeParams) -> dict[str, float | int | None]:
+    """Ground-glass and consolidation fractions of the lung volume, by HU thresholds.
+
+    The lung mask: body = HU > ``body_hu`` with holes filled slice by slice; aerated lung =
+    body voxels in ``params.lung_hu`` (air below its low end, i.e. trachea and outside air, is
+    left out); its 3D connected regions of at least ``lung_min_component`` of the largest one;
+    then, slice by slice, a closing of ``lung_closing_px`` and hole filling, so that lesions
+    surrounded by lung (or in a small dent of its edge) join it; finally only voxels from the low
+    end of ``lung_hu`` to the top of ``consolidation_hu`` are kept. Vessels inside the lung are
+    counted (as consolidation); lesions broadly touching the chest wall are partly missed; no
+    lobar split. Validated on synthetic phantoms only.
+
+    Args:
+        hu: ``(D, H, W)`` volume in HU (slices may be a sample; fractions are volume ratios).
+        body_hu: HU above which a voxel is body.
+        params: the HU ranges and mask settings.
+
+    Returns:
+        ``lung_voxels``, ``ggo_fraction``, ``consolidation_fraction``, ``abnormal_fraction``
+        (fractions of the lung mask; None when no lung is found).
+    """
+    from scipy import ndimage
+
+    plane = np.zeros((3, 3, 3), bool)
+    plane[1] = ndimage.generate_binary_structure(2, 1)
+    body = ndimage.binary_fill_holes(hu > body_hu, structure=plane)
+    aerated = body & (hu >= params.lung_hu[0]) & (hu <= params.lung_hu[1])
+    labels, n = ndimage.label(aerated)
+    if n == 0:
+        return {"lung_voxels": 0, "ggo_fraction": None, "consolidation_fraction": None, "abnormal_fraction": None}
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = np.flatnonzero(sizes >= params.lung_min_component * sizes.max()) + 1
+    lung = np.isin(labels, keep)
+    if params.lung_closing_px:
+        disk = np.zeros((1, 2 * params.lung_closing_px + 1, 2 * params.lung_closing_px + 1), bool)
+        yy, xx = np.ogrid[-params.lung_closing_px:params.lung_closing_px + 1, -params.lung_closing_px:params.lung_closing_px + 1]
+        disk[0] = yy ** 2 + xx ** 2 <= params.lung_closing_px ** 2
+        pad = params.lung_closing_px
+        lung = ndimage.binary_closing(np.pad(lung, ((0, 0), (pad, pad), (pad, pad))), structure=disk)[:, pad:-pad, pad:-pad]
+    lung = ndimage.binary_fill_holes(lung, structure=plane) & body
+    lung &= (hu >= params.lung_hu[0]) & (hu <= params.consolidation_hu[1])
+    total = int(lung.sum())
+    ggo = int((lung & (hu >= params.ggo_hu[0]) & (hu <= params.ggo_hu[1])).sum())
+    cons = int((lung & (hu >= params.consolidation_hu[0]) & (hu <= params.consolidation_hu[1])).sum())
+    if total == 0:
+        return {"lung_voxels": 0, "ggo_fraction": None, "consolidation_fraction": None, "abnormal_fraction": None}
+    return {"lung_voxels": total, "ggo_fraction": ggo / total, "consolidation_fraction": cons / total,
+            "abnormal_fraction": (ggo + cons) / total}
+
+
+QC_FIELDS = ("hu_p05", "hu_p25", "hu_p50", "hu_p75", "hu_p95", "lung_fraction", "noise_hu")
+
+
+def qc_reference(table, percentiles: tuple[float, float] = (1.0, 99.0), margin: float = 0.0,
+                 source: str = "qc.csv") -> dict[str, Any]:
+    """Reference range of each QC value from a training QC table (``preprocess``'s ``qc.csv``).
+
+    Rows with an ``error`` are dropped; when a ``split`` column names a ``train`` split, only its
+    rows count. Each range is the ``percentiles`` of the column, widened by ``margin`` times its
+    width on each side.
+    """
+    t = table
+    if "error" in t:
+        t = t[t["error"].fillna("").astype(str) == ""]
+    if "split" in t and (t["split"] == "train").any():
+        t = t[t["split"] == "train"]
+    ranges = {}
+    for f in QC_FIELDS:
+        v = t[f].dropna().to_numpy(float) if f in t else np.empty(0)
+        if v.size:
+            lo, hi = np.percentile(v, percentiles)
+            ranges[f] = [float(lo - margin * (hi - lo)), float(hi + margin * (hi - lo))]
+    return {"source": f"{source} ({len(t)} scans, p{percentiles[0]:g}..p{percentiles[1]:g}, margin {margin:g})",
+            "ranges": ranges}
+
+
+def load_qc_reference(model_dir: Path | str, params: dict[str, Any], card: dict, sp: ServeParams) -> dict | None:
+    """The QC reference for a model folder: the card's ``qc_reference`` (a path relative to the
+    folder), else ``model_dir/qc.csv``, else ``paths.preprocessed/qc.csv``; None when none exists."""
+    import pandas as pd
+
+    model_dir = Path(model_dir)
+    candidates = ([model_dir / card["qc_reference"]] if card.get("qc_reference") else []) + [
+        model_dir / "qc.csv", Path(params.get("paths", {}).get("preprocessed", "data/preprocessed")) / "qc.csv"]
+    for f in candidates:
+        if f.is_file():
+            return qc_reference(pd.read_csv(f), sp.qc_percentiles, sp.qc_margin, source=str(f))
+    return None
+
+
+def qc_check(qc: dict | None, reference: dict | None) -> dict | None:
+    """Each QC value with the reference range and ``in_range`` (None when either is missing)."""
+    if not qc:
+        return None
+    ranges = (reference or {}).get("ranges", {})
+    fields = {}
+    for f in QC_FIELDS:
+        v, r = qc.get(f), ranges.get(f)
+        ok = None if v is None or r is None else bool(r[0] <= v <= r[1])
+        fields[f] = {"value": v, "in_range": ok, "range": r}
+    flagged = [f for f, x in fields.items() if x["in_range"] is False]
+    return {"reference": (reference or {}).get("source"), "all_in_range": None if reference is None else not flagged,
+            "out_of_range": flagged, "fields": fields}
 
 
 def tensor_batch(array: Any, shape: tuple[int, ...], label: str = "tensor") -> np.ndarray:
@@ -175,21 +319,25 @@ class Bundle:
     threshold: float
     model: dict[str, Any]
     serve: ServeParams
+    qc_reference: dict[str, Any] | None = None
+    device: str = "cpu"
 
 
 def load_bundle(model_dir: Path | str, params: dict[str, Any], name: str | None = None) -> Bundle:
     """Load a model folder for serving, with the preprocessing parameters of its card.
 
     The calibrator is ``model_dir/calibrator.json``, else ``paths.calibrator``, else none; the
-    threshold ``serve.threshold``, else ``evaluate.threshold``. Series selection follows the
+    threshold ``serve.threshold``, else ``evaluate.threshold``; the QC reference from
+    :func:`load_qc_reference`. Series selection follows the
     ``series`` params (one process). Raises FileNotFoundError / ParamsError naming the file.
     """
     from covidnet.params import section
     from covidnet.predict import load_model
 
     model_dir = Path(model_dir)
-    net, card = load_model(model_dir)
     sp = section(params, "serve", ServeParams)
+    device = resolve_device(sp.device)
+    net, card = load_model(model_dir, device=device)
     pre = PreprocessParams(**{**card["config"]["preprocess"], "workers": 1})
     shape = tuple(card["config"]["model"].get("input_shape") or (1, pre.depth, pre.crop, pre.crop))
     cal = next((f for f in (model_dir / "calibrator.json", Path(params["paths"]["calibrator"])) if f.is_file()), None)
@@ -199,7 +347,18 @@ def load_bundle(model_dir: Path | str, params: dict[str, Any], name: str | None 
              "mlflow_run_id": card.get("mlflow_run_id"), "synthetic": card.get("synthetic"),
              "calibrator": calibrator.kind}
     return Bundle(net, pre, replace(section(params, "series", SeriesParams), workers=1), shape, calibrator,
-                  threshold, model, sp)
+                  threshold, model, sp, load_qc_reference(model_dir, params, card, sp), device)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; other values unchanged."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"serve.device {device!r}: torch sees no CUDA device")
+    return device
 
 
 def study_zip(b64: Any, bundle: Bundle, label: str = "zip") -> list[Study]:
@@ -210,7 +369,51 @@ def study_zip(b64: Any, bundle: Bundle, label: str = "zip") -> list[Study]:
         raise ServeInputError(f"{label}: not base64 ({exc})") from None
     with tempfile.TemporaryDirectory(prefix="covidnet-serve-") as tmp:
         extract_zip(data, tmp, bundle.serve, label)
-        return studies_from_folder(tmp, bundle.series, bundle.preprocess, label)
+        return studies_from_folder(tmp, bundle.series, bundle.preprocess, label, bundle.serve)
+
+
+def study_s3(uri: str, bundle: Bundle, label: str = "s3") -> list[Study]:
+    """A study referenced as ``s3://bucket/key``: a zip object (``.zip``), or every object under
+    the prefix ``key`` (DICOM files, any layout). boto3 takes the endpoint and credentials from
+    the environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ... or the pod's service account).
+
+    Raises:
+        ServeInputError: not an ``s3://bucket/key`` URI; no such object or prefix; access denied;
+            the download exceeds ``serve.max_members`` or ``serve.max_uncompressed_mb``.
+    """
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if not isinstance(uri, str) or not uri.startswith("s3://") or "/" not in uri[5:].strip("/"):
+        raise ServeInputError(f"{label}: {uri!r} is not an s3://bucket/key reference")
+    bucket, key = uri[5:].split("/", 1)
+    cap = int(bundle.serve.max_uncompressed_mb * 1024 * 1024)
+    s3 = boto3.client("s3")
+    with tempfile.TemporaryDirectory(prefix="covidnet-s3-") as tmp:
+        try:
+            if key.lower().endswith(".zip"):
+                obj = s3.get_object(Bucket=bucket, Key=key)
+                if obj["ContentLength"] > cap:
+                    raise ServeInputError(f"{label}: {uri}: {obj['ContentLength']} bytes > serve.max_uncompressed_mb")
+                extract_zip(obj["Body"].read(), tmp, bundle.serve, f"{label} {uri}")
+            else:
+                prefix = key.rstrip("/") + "/"
+                objs = [o for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+                        for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+                if not objs:
+                    raise ServeInputError(f"{label}: {uri}: no object found under this prefix (404)")
+                if len(objs) > bundle.serve.max_members or sum(o["Size"] for o in objs) > cap:
+                    raise ServeInputError(f"{label}: {uri}: {len(objs)} objects, {sum(o['Size'] for o in objs)} bytes "
+                                          "exceed serve.max_members or serve.max_uncompressed_mb")
+                for i, o in enumerate(objs):
+                    s3.download_file(bucket, o["Key"], str(Path(tmp) / f"{i:06d}_{PurePosixPath(o['Key']).name}"))
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            what = "not found" if code in ("NoSuchKey", "404", "NoSuchBucket") else f"cannot be read ({code})"
+            raise ServeInputError(f"{label}: {uri}: {what}") from None
+        except BotoCoreError as exc:
+            raise ServeInputError(f"{label}: {uri}: cannot be fetched ({exc})") from None
+        return studies_from_folder(tmp, bundle.series, bundle.preprocess, f"{label} {uri}", bundle.serve)
 
 
 def results(logits: np.ndarray, bundle: Bundle, infos: list[dict]) -> list[dict]:
@@ -219,7 +422,8 @@ def results(logits: np.ndarray, bundle: Bundle, infos: list[dict]) -> list[dict]
 
     s = sigmoid(logits)
     p = bundle.calibrator.apply(s)
-    return [answer(a, b, bundle.threshold, bundle.model, info) for a, b, info in zip(s, p, infos)]
+    return [answer(a, b, bundle.threshold, bundle.model, {**info, "qc_check": qc_check(info.get("qc"), bundle.qc_reference)})
+            for a, b, info in zip(s, p, infos)]
 
 
 def model_version(model_dir: Path | str, card: dict) -> str:
@@ -241,7 +445,8 @@ def answer(score: float, probability: float, threshold: float, model: dict, info
     return {"covid19_probability": float(probability), "score": float(score), "threshold": float(threshold),
             "decision": "covid19" if score >= threshold else "other_pneumonia", "model": model,
             "study_uid": info.get("study_uid"), "series_uid": info.get("series_uid"),
-            "selection": info.get("selection"), "qc": info.get("qc")}
+            "selection": info.get("selection"), "qc": info.get("qc"), "qc_check": info.get("qc_check"),
+            "lesions": info.get("lesions")}
 
 
 def _json_float(v: Any) -> Any:

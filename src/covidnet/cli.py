@@ -161,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", type=Path, help="folder holding the study's DICOM files")
     p.add_argument("--url", default="http://127.0.0.1:8080/v2/models/covidnet/infer",
                    help="the V2 infer endpoint (default: %(default)s)")
+    p = sub.add_parser("pipeline", help="the Kubeflow pipeline: compile, run --local, submit --host URL",
+                       description="compile: write the pipeline IR YAML (pipelines/); run --local: run the "
+                                   "synthetic-cohort pipeline here with kfp.local (MLflow in a temporary SQLite "
+                                   "store); submit --host URL [--experiment NAME] [--schedule CRON]: send a run or a "
+                                   "recurring run to Kubeflow Pipelines. The profile and thresholds are checked "
+                                   "against the params file first.")
+    from covidnet import pipeline as _pipeline
+
+    _pipeline.add_arguments(p)
     return parser
 
 
@@ -201,6 +210,10 @@ def _run(args: argparse.Namespace) -> int:
 
         print(json.dumps(post_study(args.path, args.url), indent=2))
         return 0
+    if args.command == "pipeline":
+        from covidnet import pipeline as _pipeline
+
+        return _pipeline.main(args)
     params = load_params(args.params, profile=args.profile)
     overrides = {k: getattr(args, k, None) for k in _PATH_FIELDS}
     paths = stages.Paths.from_params(params, **overrides)

@@ -1,0 +1,173 @@
+"""One KFP v2 lightweight component per stage, each a thin typed wrapper over ``covidnet.stages``.
+
+Every component runs in the project image (:data:`IMAGE`, built from ``Dockerfile``), which
+holds ``covidnet`` and kfp; so nothing is pip-installed at run time. A component receives the
+params file as text (``params_yaml``) and a ``profile``, maps its input and output artifacts
+onto :class:`covidnet.stages.Paths` fields and calls the matching ``run_*`` function. Imports
+are inside the bodies (KFP ships only each function's source). A failing stage raises, so the
+run names the stage and the reason.
+
+Artifacts are folders where the stage writes a folder (DICOM tree, index, cohort, tensors,
+model, evaluation) and files where it writes a file (split table, decision record).
+"""
+
+
+from kfp import dsl
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+#: The project image every component runs in: ``docker build -t REGISTRY/covidnet:0.1.0 .``
+#: (pipelines/README.md). Keep in step with the package version.
+IMAGE = "covidnet:0.1.0"
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def fetch_cohort(repo_url: str, revision: str, dicom: Output[Dataset], manifest: Output[Dataset],
+                 dicom_path: str = "data/raw/dicom", manifest_path: str = "data/raw/manifest"):
+    """``dvc get`` the DICOM tree and manifest at a git revision of a DVC repository.
+
+    The DVC remote's credentials come from the environment (``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` for MinIO; a Kubernetes secret on the pod).
+    """
+    import subprocess
+    import sys
+
+    for path, out in ((dicom_path, dicom.path), (manifest_path, manifest.path)):
+        proc = subprocess.run([sys.executable, "-m", "dvc", "get", repo_url, path, "--rev", revision, "-o", out,
+                               "--force"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"fetch_cohort: dvc get {repo_url} {path} --rev {revision} failed "
+                               f"({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def synth(params_yaml: str, profile: str, dicom: Output[Dataset], manifest: Output[Dataset]):
+    """Write the SYNTHETIC cohort (DICOM tree + manifest); stands in for fetch_cohort in demos."""
+    from covidnet.pipeline import stage_params
+    from covidnet.stages import Paths, run_synth
+
+    params = stage_params(params_yaml, profile)
+    run_synth(params, Paths.from_params(params, dicom=dicom.path, manifest=manifest.path))
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def validate(params_yaml: str, profile: str, dicom: Input[Dataset], manifest: Input[Dataset],
+             index: Output[Dataset], validation: Output[Dataset]):
+    """Index the DICOM tree and validate it (Great Expectations); raises listing every broken expectation."""
+    from covidnet.pipeline import stage_params
+    from covidnet.stages import Paths, run_validate
+
+    params = stage_params(params_yaml, profile)
+    _index, report = run_validate(params, Paths.from_params(params, dicom=dicom.path, manifest=manifest.path,
+                                                            index=index.path, validation=validation.path),
+                                  progress=False)
+    if not report.success:
+        raise RuntimeError(f"validate: the cohort broke expectations:\n{report.format()}")
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def exclude(params_yaml: str, profile: str, manifest: Input[Dataset], index: Input[Dataset],
+            cohort: Output[Dataset]):
+    """Apply the exclusion criteria (cohort.csv, exclusions.csv, flow.json)."""
+    from covidnet.pipeline import stage_params
+    from covidnet.stages import Paths, run_exclude
+
+    params = stage_params(params_yaml, profile)
+    run_exclude(params, Paths.from_params(params, manifest=manifest.path, index=index.path, cohort=cohort.path))
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def split(params_yaml: str, profile: str, cohort: Input[Dataset], split_table: Output[Dataset],
+          flow: Output[Markdown], cohort_metrics: Output[Metrics]):
+    """Split by patient; the flow diagram (the paper's Fig. 1) as Markdown, cohort counts as metrics."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from covidnet.pipeline import log_metrics, stage_params
+    from covidnet.stages import Paths, run_split
+
+    params = stage_params(params_yaml, profile)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = Paths.from_params(params, cohort=cohort.path, split=split_table.path, flow=Path(tmp) / "flow",
+                                  metrics=cohort_metrics.path)
+        run_split(params, paths)
+        shutil.copyfile(paths.flow / "flow.md", flow.path)
+    log_metrics(cohort_metrics, cohort_metrics.path)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def preprocess(params_yaml: str, profile: str, dicom: Input[Dataset], index: Input[Dataset],
+               split_table: Input[Dataset], preprocessed: Output[Dataset]):
+    """Preprocess every scan of the split to tensors (tensors/, index.csv, qc.csv)."""
+    from covidnet.pipeline import stage_params
+    from covidnet.stages import Paths, run_preprocess
+
+    params = stage_params(params_yaml, profile)
+    summary = run_preprocess(params, Paths.from_params(params, dicom=dicom.path, index=index.path,
+                                                       split=split_table.path, preprocessed=preprocessed.path),
+                             progress=False)
+    if summary.n_failed:
+        raise RuntimeError(f"preprocess: {summary.n_failed} scan(s) failed; see qc.csv in {preprocessed.path}")
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def train(params_yaml: str, profile: str, preprocessed: Input[Dataset], model: Output[Model],
+          train_report: Output[Dataset], train_metrics: Output[Metrics]):
+    """Train (one process; a GPU when the pod has one) and track the run in MLflow."""
+    import tempfile
+    from pathlib import Path
+
+    from covidnet.pipeline import log_metrics, stage_params
+    from covidnet.stages import Paths, run_train
+
+    params = stage_params(params_yaml, profile)
+    with tempfile.TemporaryDirectory() as checkpoints:  # a retried task starts afresh
+        result = run_train(params, Paths.from_params(params, preprocessed=preprocessed.path, model=model.path,
+                                                     checkpoints=checkpoints, train_report=train_report.path),
+                           resume="never", progress=False)
+    model.metadata["mlflow_run_id"] = result.run_id
+    log_metrics(train_metrics, Path(train_report.path) / "metrics.json")
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def evaluate(params_yaml: str, profile: str, model: Input[Model], preprocessed: Input[Dataset],
+             evaluation: Output[Dataset], calibrator: Output[Model], metrics: Output[Metrics],
+             roc: Output[ClassificationMetrics], report: Output[HTML]):
+    """Test and external figures with bootstrap CIs; ROC and confusion matrix of the test set; the HTML report."""
+    import shutil
+    from pathlib import Path
+
+    from covidnet.pipeline import log_classification, log_metrics, stage_params
+    from covidnet.stages import Paths, run_evaluate
+
+    params = stage_params(params_yaml, profile)
+    run_evaluate(params, Paths.from_params(params, model=model.path, preprocessed=preprocessed.path,
+                                           evaluation=evaluation.path, calibrator=calibrator.path))
+    out = Path(evaluation.path)
+    log_metrics(metrics, out / "metrics.json")
+    log_classification(roc, out / "test")
+    shutil.copyfile(out / "test" / "report.html", report.path)
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
+def promote(params_yaml: str, profile: str, model: Input[Model], evaluation: Input[Dataset],
+            cohort: Input[Dataset], decision: Output[Dataset], gate: Output[Metrics],
+            min_auc_lower: float = -1.0, min_sensitivity_lower: float = -1.0) -> str:
+    """Register the model in MLflow and apply the gate here (not with dsl.If); returns the alias set.
+
+    A threshold below 0 keeps the params file's value. A failed gate is not an error (alias
+    ``challenger``); a registry that cannot be reached is (the task is retried).
+    """
+    from covidnet.pipeline import stage_params
+    from covidnet.stages import Paths, run_promote
+
+    thresholds = {"min_auc_lower": min_auc_lower, "min_sensitivity_lower": min_sensitivity_lower}
+    params = stage_params(params_yaml, profile, {"promote": {k: v for k, v in thresholds.items() if v >= 0}})
+    result = run_promote(params, Paths.from_params(params, model=model.path, evaluation=evaluation.path,
+                                                   cohort=cohort.path, decision=decision.path))
+    gate.log_metric("promoted", 1.0 if result.promoted else 0.0)
+    gate.log_metric("version", float(result.version))
+    for rule in result.rules:
+        if rule.value is not None:
+            gate.log_metric(f"{rule.name}", float(rule.value))
+    return "champion" if result.promoted else "challenger"

@@ -22,7 +22,8 @@ from covidnet.dicom import (
 )
 from covidnet.synth import SeriesHeader, stored_encoding, write_series
 
-PARAMS = SeriesParams(min_slices=8, max_gap_ratio=1.5, duplicate_tol_mm=0.01, orientation_tol=1e-3, axial_tol=0.1)
+PARAMS = SeriesParams(min_slices=8, max_gap_ratio=1.5, duplicate_tol_mm=0.01, orientation_tol=1e-3, axial_tol=0.1,
+                      workers=1)
 SPACING = (2.5, 0.75, 0.75)  # (slice step, row, column) mm
 SHAPE = (12, 16, 24)  # rows != columns, so a transposed read cannot pass
 SHAPE_J2K = (12, 32, 40)  # synth's jpeg2000 needs slices of at least 32x32

@@ -48,7 +48,7 @@ def test_resize_crop_shape():
 ])
 def test_params_validated(field, value, message):
     kwargs = dict(hu_min=-1024.0, hu_max=1024.0, depth=32, size=128, crop=96, dtype="float16",
-                  body_hu=-500.0, lung_hu=(-950.0, -400.0))
+                  body_hu=-500.0, lung_hu=(-950.0, -400.0), workers=1)
     kwargs[field] = value
     with pytest.raises(ValueError, match=message):
         PreprocessParams(**kwargs)

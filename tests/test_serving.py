@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from covidnet.params import load_params
+from covidnet.params import load_params, section
 from covidnet.preprocess import PreprocessParams
 from covidnet.serve import (ServeInputError, ServeParams, extract_zip, load_bundle, lung_abnormality, results,
                             studies_from_folder, tensor_batch, v2_zip_request, zip_folder)
@@ -36,6 +36,14 @@ from test_train import PRE, SHAPE, TINY, _cohort, _params, _paths  # noqa: E402
 pytestmark = pytest.mark.slow
 NAME = "covidnet"
 
+
+
+def _serve_params(**changes):
+    """The repository's ``serve`` params with some values replaced."""
+    import dataclasses
+
+    return dataclasses.replace(section(load_params(Path(__file__).resolve().parents[1] / "params.yaml"), "serve",
+                                       ServeParams), **changes)
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -98,7 +106,7 @@ def _reference_qc(root: Path) -> pd.DataFrame:
     from covidnet.dicom import SeriesParams
 
     sp = SeriesParams(**{**series, "workers": 1})
-    pre = PreprocessParams(**{**PRE, "dtype": "float16", "body_hu": -500.0, "lung_hu": [-950.0, -400.0]})
+    pre = PreprocessParams(**{**PRE, "dtype": "float16", "body_hu": -500.0, "lung_hu": [-950.0, -400.0], "workers": 1})
     rows = []
     for i, noise in enumerate((8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0)):
         folder = _study(root, uid=f"ref{i}", noise=noise, seed=100 + i, tissue=40.0)
@@ -248,7 +256,7 @@ def test_malformed_json_and_unknown_model(server):
 
 def test_extract_zip_and_tensor_batch_unit(tmp_path):
     """The guards without a server: member count, absolute paths, shapes, NaN."""
-    p = ServeParams(max_members=2, max_uncompressed_mb=1)
+    p = _serve_params(max_members=2, max_uncompressed_mb=1)
     with pytest.raises(ServeInputError, match="max_members"):
         extract_zip(_zip({"a": b"1", "b": b"2", "c": b"3"}), tmp_path, p)
     with pytest.raises(ServeInputError, match="zip slip"):
@@ -327,8 +335,8 @@ def test_lesion_fractions_on_phantom(tmp_path, lesions):
     vol, ggo, cons = _lung_phantom(lesions)
     write_series(tmp_path / "ph", vol, (2.5, 2.5, 2.5), header=SeriesHeader(uid_entropy=f"ph{lesions}"))
     series = SeriesParams(**{**load_params(REPO / "params.yaml", profile="tiny")["series"], "workers": 1})
-    pre = PreprocessParams(**{**PRE, "dtype": "float16", "body_hu": -500.0, "lung_hu": [-950.0, -400.0]})
-    (study,) = studies_from_folder(tmp_path / "ph", series, pre, serve=ServeParams())
+    pre = PreprocessParams(**{**PRE, "dtype": "float16", "body_hu": -500.0, "lung_hu": [-950.0, -400.0], "workers": 1})
+    (study,) = studies_from_folder(tmp_path / "ph", series, pre, serve=_serve_params())
     got = study.info["lesions"]
     assert got["ggo_fraction"] == pytest.approx(ggo, abs=0.002)
     assert got["consolidation_fraction"] == pytest.approx(cons, abs=0.002)
@@ -340,9 +348,9 @@ def test_lesion_fractions_on_phantom(tmp_path, lesions):
 def test_lesion_fractions_params_and_empty():
     """HU ranges come from params; a volume without air in the body has no lung."""
     vol, ggo, _ = _lung_phantom(noise=0.0)
-    wide = lung_abnormality(vol, -500.0, ServeParams(ggo_hu=(-900.0, -300.0)))
+    wide = lung_abnormality(vol, -500.0, _serve_params(ggo_hu=(-900.0, -300.0)))
     assert wide["ggo_fraction"] > 0.9  # normal lung (-850) now counts as GGO
-    assert lung_abnormality(np.full((4, 16, 16), 40.0), -500.0, ServeParams())["ggo_fraction"] is None
+    assert lung_abnormality(np.full((4, 16, 16), 40.0), -500.0, _serve_params())["ggo_fraction"] is None
 
 
 def test_s3_study_references(server, s3, tmp_path):

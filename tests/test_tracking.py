@@ -20,8 +20,10 @@ def test_configure_follows_params_not_a_previous_set_tracking_uri(tmp_path, monk
 
     from covidnet.tracking import MlflowParams
 
-    a = MlflowParams(tracking_uri=f"sqlite:///{tmp_path / 'a.db'}", experiment="a", artifact_root=str(tmp_path / "a"))
-    b = MlflowParams(tracking_uri=f"sqlite:///{tmp_path / 'b.db'}", experiment="b", artifact_root=str(tmp_path / "b"))
+    a = MlflowParams(tracking_uri=f"sqlite:///{tmp_path / 'a.db'}", experiment="a", artifact_root=str(tmp_path / "a"),
+                     registered_model="m")
+    b = MlflowParams(tracking_uri=f"sqlite:///{tmp_path / 'b.db'}", experiment="b", artifact_root=str(tmp_path / "b"),
+                     registered_model="m")
     configure(a)
     configure(b)
     assert mlflow.get_tracking_uri() == b.tracking_uri

@@ -52,7 +52,8 @@ def _paths(tmp: Path) -> TrainPaths:
 
 
 def _params(**kw) -> TrainParams:
-    base = dict(seed=1, epochs=4, batch_size=4, learning_rate=1e-3, patience=10)
+    base = dict(seed=1, epochs=4, batch_size=4, learning_rate=1e-3, patience=10, micro_batch_size=None,
+                pos_weight=None, workers=0, precision="fp32", augment=False, device="cpu")
     return TrainParams(**{**base, **kw})
 
 
@@ -220,7 +221,7 @@ def test_mlflow_run_logs_params_metrics_and_a_loadable_model(tmp_path):
     index = _cohort(tmp_path / "pre")
     paths = _paths(tmp_path)
     mp = MlflowParams(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t",
-                      artifact_root=str(tmp_path / "mlruns"))
+                      artifact_root=str(tmp_path / "mlruns"), registered_model="covidnet")
     r = train_model(index, paths, TINY, _params(epochs=2), PRE, mlflow_params=mp,
                     provenance={"git_commit": "abc", "data_version": "sha256:x", "synthetic": "true"}, progress=False)
     run = mlflow.get_run(r.run_id)

@@ -50,7 +50,7 @@ class SeriesParams:
     duplicate_tol_mm: float
     orientation_tol: float
     axial_tol: float
-    workers: int = 1
+    workers: int
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ class ExcludeParams:
     """The ``exclude`` section of params.yaml."""
 
     max_pcr_gap_days: int
-    exclude_motion_artifact: bool = True
+    exclude_motion_artifact: bool
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ class PreprocessParams:
     dtype: str
     body_hu: float
     lung_hu: tuple[float, float]
-    workers: int = 1
+    workers: int
 
     def __post_init__(self) -> None:
         if not self.hu_max > self.hu_min:

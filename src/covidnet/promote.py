@@ -71,16 +71,16 @@ class PromoteError(ValueError):
 
 @dataclass(frozen=True)
 class PromoteParams:
-    """The ``promote`` section of params.yaml."""
+    """The ``promote`` section of params.yaml (every value comes from there)."""
 
-    test_set: str = "test"                 # the evaluate set the gate reads (reports/evaluate/<set>/)
-    min_auc_lower: float = 0.5             # lower CI bound of the test AUC must reach this
-    min_sensitivity_lower: float = 0.5     # lower CI bound of COVID-19 sensitivity must reach this
-    compare_with_champion: bool = True     # paired bootstrap of AUC(new) - AUC(champion)
-    max_auc_drop: float = 0.05             # fail when that difference's lower CI bound < -max_auc_drop
-    bootstrap: int = 10000                 # replications of the paired bootstrap
-    seed: int = 2021
-    ci: float = 0.95                       # level of the paired-difference interval
+    test_set: str                 # the evaluate set the gate reads (reports/evaluate/<set>/)
+    min_auc_lower: float          # lower CI bound of the test AUC must reach this
+    min_sensitivity_lower: float  # lower CI bound of COVID-19 sensitivity must reach this
+    compare_with_champion: bool   # paired bootstrap of AUC(new) - AUC(champion)
+    max_auc_drop: float           # fail when that difference's lower CI bound < -max_auc_drop
+    bootstrap: int                # replications of the paired bootstrap
+    seed: int
+    ci: float                     # level of the paired-difference interval
 
     def __post_init__(self) -> None:
         for name in ("min_auc_lower", "min_sensitivity_lower", "max_auc_drop"):
@@ -254,6 +254,7 @@ def paired_auc_difference(new: pd.DataFrame, old: pd.DataFrame, *, reps: int, se
     if len(differ):
         raise PromoteError(f"labels differ for {len(differ)} patient(s) (e.g. {list(differ[:3])})")
     y = a["label"].to_numpy(np.int64)
+    # score_stat also counts calls at a threshold; only its AUC is used here, so any threshold does.
     stat_new = score_stat(y, a["score"].to_numpy(np.float64), 0.5)
     stat_old = score_stat(y, b["score"].to_numpy(np.float64), 0.5)
 

@@ -49,23 +49,23 @@ class ServeInputError(ValueError):
 
 @dataclass(frozen=True)
 class ServeParams:
-    """The ``serve`` section of params.yaml."""
+    """The ``serve`` section of params.yaml (every value comes from there)."""
 
-    model_name: str = "covidnet"
-    threshold: float | None = None       # None: evaluate.threshold
-    max_uncompressed_mb: float = 2048.0  # zip bomb guard, per uploaded zip
-    max_members: int = 20000             # zip bomb guard, per uploaded zip
-    max_studies: int = 16                # studies answered in one request
-    qc_percentiles: tuple[float, float] = (1.0, 99.0)  # reference range of each QC value in training
-    qc_margin: float = 0.0               # widen that range by this fraction of its width on each side
-    lung_hu: tuple[float, float] = (-950.0, -300.0)    # aerated lung incl. ground glass (lung mask seed)
-    ggo_hu: tuple[float, float] = (-700.0, -300.0)     # ground-glass opacity
-    consolidation_hu: tuple[float, float] = (-100.0, 100.0)
-    lung_min_component: float = 0.1      # keep air regions >= this fraction of the largest one
-    lung_closing_px: int = 3             # 2D closing (px, after subsampling) that takes in lesions at the lung edge
-    lesion_max_slices: int = 64          # slices read for the lesion fractions (evenly spaced)
-    lesion_max_px: int = 256             # in-plane size they are subsampled to (at most)
-    device: str = "auto"                 # where the network runs: auto (cuda when available), cpu, cuda
+    model_name: str
+    threshold: float | None               # None: evaluate.threshold
+    max_uncompressed_mb: float            # zip bomb guard, per uploaded zip
+    max_members: int                      # zip bomb guard, per uploaded zip
+    max_studies: int                      # studies answered in one request
+    qc_percentiles: tuple[float, float]   # reference range of each QC value in training
+    qc_margin: float                      # widen that range by this fraction of its width on each side
+    lung_hu: tuple[float, float]          # aerated lung incl. ground glass (lung mask seed)
+    ggo_hu: tuple[float, float]           # ground-glass opacity
+    consolidation_hu: tuple[float, float]
+    lung_min_component: float             # keep air regions >= this fraction of the largest one
+    lung_closing_px: int                  # 2D closing (px, after subsampling) that takes in lesions at the lung edge
+    lesion_max_slices: int                # slices read for the lesion fractions (evenly spaced)
+    lesion_max_px: int                    # in-plane size they are subsampled to (at most)
+    device: str                           # where the network runs: auto (cuda when available), cpu, cuda
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:

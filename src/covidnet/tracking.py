@@ -24,7 +24,7 @@ class MlflowParams:
     tracking_uri: str
     experiment: str
     artifact_root: str
-    registered_model: str = "covidnet"
+    registered_model: str
 
 
 def mlflow_params(params: dict[str, Any]) -> MlflowParams:

@@ -59,12 +59,12 @@ class TrainParams:
     batch_size: int
     learning_rate: float
     patience: int
-    micro_batch_size: int | None = None
-    pos_weight: float | None = None
-    workers: int = 0
-    precision: str = "fp32"
-    augment: bool = False
-    device: str = "auto"
+    micro_batch_size: int | None
+    pos_weight: float | None
+    workers: int
+    precision: str
+    augment: bool
+    device: str
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience"):

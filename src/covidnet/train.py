@@ -447,20 +447,10 @@ def _all_reduce_mean(total: float, count: int, dist: _Dist) -> float:
     return total / max(count, 1)
 
 
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _bar(show: bool, total: int, desc: str):
-    if not show:
-        return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", leave=False)
+    return tqdm(total=total, desc=desc, unit="step", leave=False, disable=not show)
 
 
 def _write_outputs(paths: TrainPaths, config: dict, result: TrainResult, provenance: dict) -> None:

@@ -20,6 +20,10 @@ Batches and exactness:
   (on CPU, where the kernels are deterministic; 3D convolutions on CUDA are not, so GPU
   runs agree only within floating-point noise).
 
+The model folder holds the best weights, the model card and the model's reference profile
+(:mod:`covidnet.reference`): the QC values of its training scans and its validation scores at
+the best epoch, what serving and the monitor compare live traffic with.
+
 Several GPUs: ``torchrun --nproc_per_node=N -m covidnet.cli train`` (DDP, NCCL on GPUs,
 gloo on CPUs). Several nodes: ``torchrun --nnodes=M --node_rank=K --rdzv_endpoint=HOST:PORT
 --nproc_per_node=N -m covidnet.cli train`` on each node (or a Kubeflow PyTorchJob, which sets
@@ -398,8 +402,9 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
             since_best += 1
         if dist.main:
             paths.checkpoints.mkdir(parents=True, exist_ok=True)
-            if better:
-                _save({"model": model.state_dict(), "config": config, "epoch": epoch}, paths.checkpoints / BEST)
+            if better:  # with the validation logits: the model's reference score distribution
+                _save({"model": model.state_dict(), "config": config, "epoch": epoch,
+                       "val_logits": torch.from_numpy(logits)}, paths.checkpoints / BEST)
             _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                    "rng": torch.get_rng_state(), "epoch": epoch, "history": history, "best": best,
                    "config": config, "run_id": run_id}, ckpt_path)
@@ -414,7 +419,7 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
                          epochs_run=epochs_run, stopped_early=stopped_early, resumed_from=resumed_from,
                          history=history, run_id=run_id)
     if dist.main:
-        _write_outputs(paths, config, result, provenance or {})
+        _write_outputs(paths, config, result, provenance or {}, train_rows, val_rows)
         if tracker:
             best_model = build_model(model_params)
             best_model.load_state_dict(load_checkpoint(paths.checkpoints / BEST)["model"])
@@ -453,15 +458,17 @@ def _bar(show: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="step", leave=False, disable=not show)
 
 
-def _write_outputs(paths: TrainPaths, config: dict, result: TrainResult, provenance: dict) -> None:
-    """The model folder (best weights + model card), the metrics and the curve."""
+def _write_outputs(paths: TrainPaths, config: dict, result: TrainResult, provenance: dict,
+                   train_rows: pd.DataFrame, val_rows: pd.DataFrame) -> None:
+    """The model folder (best weights, model card, reference profile), the metrics and the curve."""
     best = load_checkpoint(paths.checkpoints / BEST)
     with atomic_path(paths.model, directory=True) as tmp:
         import torch
 
         torch.save(best["model"], tmp / WEIGHTS)
         card = {"config": config, "best_epoch": result.best_epoch, **result.best,
-                "epochs_run": result.epochs_run, "mlflow_run_id": result.run_id, **provenance}
+                "epochs_run": result.epochs_run, "mlflow_run_id": result.run_id, **provenance,
+                **_write_reference(tmp, paths.preprocessed / "qc.csv", train_rows, val_rows, best.get("val_logits"))}
         (tmp / MODEL_CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
     paths.report.mkdir(parents=True, exist_ok=True)
     write_json(paths.report / "metrics.json", {
@@ -470,6 +477,30 @@ def _write_outputs(paths: TrainPaths, config: dict, result: TrainResult, provena
         "synthetic": provenance.get("synthetic") == "true",
     })
     write_csv(paths.report / "curve.csv", pd.DataFrame(result.history))
+
+
+def _write_reference(model_dir: Path, qc_csv: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
+                     val_logits) -> dict[str, Any]:
+    """The reference profile (:mod:`covidnet.reference`) into ``model_dir``; the card keys naming it."""
+    from covidnet.reference import QC_FILE, SCORES_FILE, reference_tables
+
+    qc = pd.read_csv(qc_csv, dtype={"scan_id": str}) if qc_csv.is_file() else None
+    if qc is None:
+        log.warning("%s not found: the model gets no QC reference (serving cannot flag or monitor QC drift)", qc_csv)
+    if val_logits is None:
+        log.warning("the best checkpoint holds no validation logits (written before reference profiles): "
+                    "the model gets no score reference")
+    scores = None if val_logits is None else sigmoid(val_logits.numpy())
+    qc_table, score_table = reference_tables(qc, train_rows["scan_id"].tolist(), val_rows, scores)
+    card: dict[str, Any] = {"qc_reference": None, "score_reference": None}
+    (model_dir / QC_FILE).parent.mkdir(parents=True, exist_ok=True)
+    if qc_table is not None:
+        qc_table.to_csv(model_dir / QC_FILE, index=False)
+        card["qc_reference"] = QC_FILE
+    if score_table is not None:
+        score_table.to_csv(model_dir / SCORES_FILE, index=False)
+        card["score_reference"] = SCORES_FILE
+    return card
 
 
 class _MlflowRun:

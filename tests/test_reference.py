@@ -1,0 +1,99 @@
+"""The reference profile ``train`` writes into the model folder (src/covidnet/reference.py).
+
+Tiny tensors as in tests/test_train.py, plus a ``qc.csv`` as ``preprocess`` writes it (with a
+failed scan, a validation scan and identifier columns that must not reach the reference).
+"""
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from covidnet.params import load_params, section
+from covidnet.predict import load_model, score, sigmoid
+from covidnet.reference import QC_COLUMNS, ReferenceError, load_reference, reference_tables
+from covidnet.serve import ServeParams, load_qc_reference, qc_reference
+from covidnet.train import train_model
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_train import PRE, TINY, _cohort, _params, _paths  # noqa: E402
+
+
+def _qc_csv(index: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """preprocess's qc.csv for ``index``: QC values that encode the row number, one failed train scan."""
+    rows = []
+    for i, r in enumerate(index.itertuples()):
+        rows.append({"scan_id": r.scan_id, "study_uid": r.study_uid, "series_uid": r.series_uid,
+                     "hospital": r.hospital, "split": r.split, "error": "", "hu_p05": -900.0 + i,
+                     "hu_p25": -800.0, "hu_p50": -500.0, "hu_p75": 0.0, "hu_p95": 40.0, "lung_fraction": 0.3,
+                     "noise_hu": 10.0 + i, "n_slices": 40, "slice_spacing_mm": 2.5, "manufacturer": "X",
+                     "model": "Y", "kernel": "B", "pixel_spacing_mm": 0.7, "slice_thickness_mm": 2.5})
+    rows.append({"scan_id": "broken", "study_uid": "9", "series_uid": "9", "hospital": "h", "split": "train",
+                 "error": "cannot decode"})
+    qc = pd.DataFrame(rows)
+    qc.to_csv(path, index=False)
+    return qc
+
+
+def test_train_writes_the_reference_profile(tmp_path):
+    index = _cohort(tmp_path / "pre")
+    _qc_csv(index, tmp_path / "pre" / "qc.csv")
+    paths = _paths(tmp_path)
+    r = train_model(index, paths, TINY, _params(epochs=3), PRE, progress=False)
+    card = json.loads((paths.model / "model.json").read_text())
+    assert card["qc_reference"] == "reference/qc.csv" and card["score_reference"] == "reference/val_scores.csv"
+
+    ref_qc = pd.read_csv(paths.model / card["qc_reference"])
+    train = index[index.split == "train"]
+    assert len(ref_qc) == len(train) and set(ref_qc["split"]) == {"train"}  # no val scan, no failed scan
+    assert set(QC_COLUMNS) <= set(ref_qc.columns)
+    assert not {"scan_id", "study_uid", "series_uid", "error"} & set(ref_qc.columns)  # no identifiers
+    assert sorted(ref_qc["noise_hu"]) == [10.0 + i for i in range(len(train))]  # train rows come first in index
+
+    # The scores are the best model's raw scores on the validation split, in index order.
+    val = index[index.split == "val"]
+    scores = pd.read_csv(paths.model / card["score_reference"])
+    net, _ = load_model(paths.model)
+    x = torch.stack([torch.from_numpy(np.load(tmp_path / "pre" / p).astype(np.float32)) for p in val.path])
+    logits, _ = score(net, [x])
+    np.testing.assert_allclose(scores["score"], sigmoid(logits), rtol=1e-5, atol=1e-7)
+    assert list(scores["label"]) == [1 if lab == "covid" else 0 for lab in val.label]
+    assert r.best_epoch >= 1
+
+    ref = load_reference(paths.model)
+    assert len(ref.qc) == len(train) and len(ref.scores) == len(val)
+    # Serving's QC flags read the same file through the card (min..max: percentiles 0 and 100).
+    sp = dataclasses.replace(section(load_params(REPO / "params.yaml"), "serve", ServeParams),
+                             qc_percentiles=(0.0, 100.0), qc_margin=0.0)
+    got = load_qc_reference(paths.model, {"paths": {"preprocessed": str(tmp_path / "nowhere")}}, card, sp)
+    assert got["source"].startswith(str(paths.model / "reference" / "qc.csv"))
+    assert got["ranges"]["noise_hu"] == [10.0, 10.0 + len(train) - 1]
+
+
+def test_without_qc_csv_the_card_says_so(tmp_path, caplog):
+    index = _cohort(tmp_path / "pre")
+    paths = _paths(tmp_path)
+    train_model(index, paths, TINY, _params(epochs=1), PRE, progress=False)
+    card = json.loads((paths.model / "model.json").read_text())
+    assert card["qc_reference"] is None and card["score_reference"] == "reference/val_scores.csv"
+    assert "qc.csv not found" in caplog.text
+    with pytest.raises(ReferenceError, match="names no qc_reference"):
+        load_reference(paths.model)
+
+
+def test_reference_tables_rules():
+    qc = pd.DataFrame({"scan_id": ["a", "b"], "hu_p05": [1.0, 2.0]})
+    with pytest.raises(ReferenceError, match=r"missing column\(s\) \['hu_p25'"):
+        reference_tables(qc, ["a"], pd.DataFrame(), None)
+    val = pd.DataFrame({"label": ["covid", "non_covid"], "hospital": ["h", "h"]})
+    with pytest.raises(ReferenceError, match="3 values for 2 validation scans"):
+        reference_tables(None, [], val, np.array([0.1, 0.2, 0.3]))
+    _, scores = reference_tables(None, [], val, np.array([0.9, 0.2]))
+    assert list(scores["label"]) == [1, 0] and list(scores["score"]) == [0.9, 0.2]
+    assert qc_reference(pd.DataFrame({"hu_p05": [1.0, 3.0]}), (0.0, 100.0))["ranges"]["hu_p05"] == [1.0, 3.0]

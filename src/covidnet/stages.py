@@ -39,6 +39,8 @@ class Paths:
     calibrator: Path
     evaluation: Path
     decision: Path
+    predlog: Path
+    monitor: Path
 
     @classmethod
     def from_params(cls, params: dict[str, Any], **overrides: Path | str | None) -> "Paths":

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 
 from covidnet.drift import DriftParams, bin_fractions, ks, psi, quantile_edges, series_drift, window_verdict
-from covidnet.params import ParamsError, load_params, section
+from covidnet.monitor import monitor_params
+from covidnet.params import ParamsError, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _params(**changes) -> DriftParams:
     """The repository's monitor.drift params with some values replaced."""
-    base = section(load_params(REPO / "params.yaml")["monitor"], "drift", DriftParams)
+    base = monitor_params(load_params(REPO / "params.yaml")).drift
     return dataclasses.replace(base, **changes)
 
 

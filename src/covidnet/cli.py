@@ -81,7 +81,8 @@ _STAGES: dict[str, tuple[str, str, list[tuple[str, str, str]]]] = {
         "train.batch_size (paper 8) in micro-batches of train.micro_batch_size; validation loss and AUC every "
         "epoch, best epoch kept, early stopping after train.patience epochs. Checkpoints after every epoch: a "
         "killed run resumes where it stopped (--resume). Under torchrun: DistributedDataParallel. Writes the "
-        "model folder (weights.pt, model.json), reports/train (metrics.json, curve.csv) and an MLflow run.",
+        "model folder (weights.pt, model.json, reference/: the training scans' QC values and the validation "
+        "scores, for monitoring), reports/train (metrics.json, curve.csv) and an MLflow run.",
         [("--preprocessed", "preprocessed", "preprocessed tensors folder"), ("--out", "model", "model folder"),
          ("--checkpoints", "checkpoints", "checkpoint folder"), ("--report", "train_report", "report folder")],
     ),
@@ -147,29 +148,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("summary",), help="what to show")
     p.add_argument("--builders", nargs="+", default=None, help="builders to show (default: all)")
     p = sub.add_parser("serve", help="serve the model over HTTP (KServe ModelServer)",
-                       description="Start the KServe ModelServer with serving/covidnet_model.py on this machine: "
-                                   "V1 /v1/models/NAME:predict and V2 /v2/models/NAME/infer (DICOM study zips or "
+                       description="Start the KServe ModelServer with serving/covidnet_model.py on this machine, "
+                                   "serving serve.model_uri (default: the `champion` of mlflow.registered_model in the "
+                                   "local MLflow store) or --model-dir: V1 /v1/models/NAME:predict (JSON, or a raw study "
+                                   "zip) and V2 /v2/models/NAME/infer (DICOM study zips, s3:// references or "
                                    "preprocessed tensors), health and readiness (/v2/health/ready) and /metrics.")
     p.add_argument("--port", type=int, default=8080, help="HTTP port (default: %(default)s)")
     p.add_argument("--grpc-port", type=int, default=None, help="also serve gRPC on this port (default: off)")
-    p.add_argument("--model-dir", type=Path, default=None, help="model folder (default: paths.model)")
+    p.add_argument("--model-uri", default=None,
+                   help="models:/NAME@ALIAS, models:/NAME/VERSION (MLflow registry of mlflow.tracking_uri or "
+                        "MLFLOW_TRACKING_URI) or a model folder (default: serve.model_uri, the champion)")
+    p.add_argument("--model-dir", type=Path, default=None, help="serve this model folder instead (e.g. models/covidnet)")
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
     p.add_argument("--profile", default=None, help="apply profiles.<NAME> from the params file")
-    p = sub.add_parser("predict", help="send a DICOM study folder to a running server, print the answer",
-                       description="Zip every file under PATH (one study; any depth), POST it as an Open Inference "
-                                   "Protocol (V2) BYTES input to URL and print the JSON answer.")
-    p.add_argument("path", type=Path, help="folder holding the study's DICOM files")
-    p.add_argument("--url", default="http://127.0.0.1:8080/v2/models/covidnet/infer",
-                   help="the V2 infer endpoint (default: %(default)s)")
-    p = sub.add_parser("pipeline", help="the Kubeflow pipeline: compile, run --local, submit --host URL",
-                       description="compile: write the pipeline IR YAML (pipelines/); run --local: run the "
-                                   "synthetic-cohort pipeline here with kfp.local (MLflow in a temporary SQLite "
-                                   "store); submit --host URL [--experiment NAME] [--schedule CRON]: send a run or a "
-                                   "recurring run to Kubeflow Pipelines. The profile and thresholds are checked "
-                                   "against the params file first.")
-    from covidnet import pipeline as _pipeline
+    p = sub.add_parser("predict", help="send a DICOM study folder (or an s3:// reference) to a server, print the answer",
+                       description="Zip every file under PATH (one study; any depth) and POST it to the server at "
+                                   "URL: as the raw body of a V1 request (Content-Type: application/zip; default) or "
+                                   "base64 in a V2 BYTES input (--encoding base64). An s3://bucket/key PATH is sent as "
+                                   "a reference (V2) and fetched by the server. Prints the per-study answers (JSON).")
+    p.add_argument("path", help="folder holding the study's DICOM files, or s3://bucket/key")
+    p.add_argument("--url", default="http://127.0.0.1:8080", help="the server's base URL (default: %(default)s)")
+    p.add_argument("--model", default=None, help="served model name (default: serve.model_name in --params)")
+    p.add_argument("--encoding", choices=("binary", "base64"), default="binary",
+                   help="binary: the zip as the request body (V1); base64: V2 JSON (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds to wait for the answer (default: %(default)s, the InferenceService timeout)")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    p = sub.add_parser("pipeline", help="the Kubeflow pipelines: compile, run --local, submit --host URL, pytorchjob",
+                       description="compile: write the pipelines' IR YAML (pipelines/), resources, retries, secrets "
+                                   "and volumes from the `pipeline` params; run --local: run a pipeline here with "
+                                   "kfp.local (MLflow in a temporary SQLite store); submit --host URL [--experiment "
+                                   "NAME] [--schedule CRON]: send a run or a recurring run to Kubeflow Pipelines; "
+                                   "pytorchjob: write the Kubeflow PyTorchJob that trains across nodes. The profile, "
+                                   "thresholds and cohort revision are checked first.")
+    from covidnet import pipeline_cli as _pipeline
 
     _pipeline.add_arguments(p)
+    from covidnet import monitor_cli
+
+    p = sub.add_parser("monitor", help="drift report, PCR feedback, live performance from the prediction log",
+                       description=monitor_cli.DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    monitor_cli.add_arguments(p)
     return parser
 
 
@@ -183,6 +202,7 @@ def _serve(args: argparse.Namespace) -> int:
     argv = ["--http_port", str(args.port), "--params", str(args.params), "--enable_grpc",
             "false" if args.grpc_port is None else "true", "--grpc_port", str(args.grpc_port or 8081)]
     argv += ["--model_dir", str(args.model_dir)] if args.model_dir else []
+    argv += ["--model_uri", args.model_uri] if args.model_uri else []
     argv += ["--profile", args.profile] if args.profile else []
     sys.argv = [str(script), *argv]  # `import kserve` parses sys.argv
     spec = importlib.util.spec_from_file_location("covidnet_model", script)
@@ -206,14 +226,19 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "predict":
         import json
 
-        from covidnet.serve import post_study
+        from covidnet.serve_client import predict
 
-        print(json.dumps(post_study(args.path, args.url), indent=2))
+        model = args.model or load_params(args.params)["serve"]["model_name"]
+        print(json.dumps(predict(args.path, args.url, model, args.encoding, args.timeout), indent=2))
         return 0
     if args.command == "pipeline":
-        from covidnet import pipeline as _pipeline
+        from covidnet import pipeline_cli as _pipeline
 
         return _pipeline.main(args)
+    if args.command == "monitor":
+        from covidnet import monitor_cli
+
+        return monitor_cli.main(args)
     params = load_params(args.params, profile=args.profile)
     overrides = {k: getattr(args, k, None) for k in _PATH_FIELDS}
     paths = stages.Paths.from_params(params, **overrides)
@@ -292,12 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     from covidnet.split import SplitError
     from covidnet.evaluate import PredictionsError
     from covidnet.promote import PromoteError
+    from covidnet.serve_client import PredictError
     from covidnet.train import ResumeError, TrainDataError
+
+    from covidnet.predlog import PredLogError
 
     try:
         return _run(args)
     except (ParamsError, ManifestError, SeriesReadError, SplitError, TrainDataError, ResumeError, PredictionsError,
-            PromoteError, FileNotFoundError, ValueError) as exc:
+            PromoteError, PredLogError, PredictError, FileNotFoundError, ValueError) as exc:
         print(f"covidnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,31 +1,73 @@
 """Kubeflow Pipelines helpers: what the components call, and compile / run locally / submit.
 
-The components (``components/stages.py``) are thin: each turns its artifacts into a
+The components (``components/``) are thin: each turns its artifacts into a
 :class:`covidnet.stages.Paths` and calls one ``covidnet.stages.run_*`` function. The little
 they share lives here (the core never imports kfp; this module imports it only inside the
 functions that need it): :func:`stage_params` reads the params file content a component
-received, :func:`log_metrics` copies a metrics JSON into a KFP ``Metrics`` artifact.
+received, :func:`stage_failure` removes a failed stage's outputs and names the stage,
+:func:`log_metrics` copies a metrics JSON into a KFP ``Metrics`` artifact.
 
-``covidnet pipeline compile|run --local|submit`` (``covidnet.cli``) calls
-:func:`compile_pipeline`, :func:`run_local` and :func:`submit`. Every argument is checked by
-loading the params with the chosen profile and overrides before anything is compiled or
-sent (:func:`check_arguments`), so a bad profile or threshold fails here, not in a cluster.
+The pipelines are listed by name in :data:`PIPELINES`; each is built from the ``pipeline``
+section of params (resources, retries, secrets, volumes) when it is compiled, run or
+submitted. ``covidnet pipeline ...`` (:mod:`covidnet.pipeline_cli`) calls
+:func:`compile_pipeline`, :func:`run_local` and :func:`submit`; every argument is checked
+first (:func:`check_arguments`), so a bad profile, threshold or cohort revision fails here,
+not in a cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
+import logging
 import math
+import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from covidnet.params import DEFAULT_PARAMS, ParamsError, load_params, section
+from covidnet.pipeline_params import PipelineParams, parse_nproc, pipeline_params
+
+log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-PIPELINE_YAML = REPO / "pipelines" / "covidnet_pipeline.yaml"
-SYNTHETIC_PIPELINE_YAML = REPO / "pipelines" / "covidnet_synthetic_pipeline.yaml"
+PIPELINES_DIR = REPO / "pipelines"
+
+
+@dataclass(frozen=True)
+class PipelineEntry:
+    """One pipeline: where its builder lives and where its compiled YAML is committed.
+
+    ``builder`` names, in ``module``, either a function of :class:`PipelineParams` that
+    returns a ``@dsl.pipeline`` (built when needed, from the params), or a ``@dsl.pipeline``
+    itself.
+    """
+
+    module: str
+    builder: str
+    yaml: str
+    summary: str
+
+    @property
+    def path(self) -> Path:
+        return PIPELINES_DIR / self.yaml
+
+
+#: The pipelines ``covidnet pipeline compile|run|submit --pipeline NAME`` knows (add one per line).
+PIPELINES: dict[str, PipelineEntry] = {
+    "covidnet": PipelineEntry("pipelines.covidnet_pipeline", "covidnet", "covidnet_pipeline.yaml",
+                              "the cohort from a DVC repo at a git revision; train in one pod (torchrun over its GPUs)"),
+    "covidnet-synthetic": PipelineEntry("pipelines.covidnet_pipeline", "covidnet_synthetic",
+                                        "covidnet_synthetic_pipeline.yaml", "a SYNTHETIC cohort (the demo)"),
+    "covidnet-pytorchjob": PipelineEntry("pipelines.covidnet_pipeline", "covidnet_pytorchjob",
+                                         "covidnet_pytorchjob_pipeline.yaml",
+                                         "as covidnet, training across nodes as a Kubeflow PyTorchJob"),
+}
 
 
 # --- inside the components ---------------------------------------------------------------------
@@ -62,6 +104,33 @@ def stage_params(params_yaml: str, profile: str, overrides: dict[str, dict[str, 
     return params
 
 
+class StageFailed(RuntimeError):
+    """A pipeline stage failed; the message is ``"<stage> failed: <why>"``."""
+
+
+@contextlib.contextmanager
+def stage_failure(stage: str, *outputs: str | Path) -> Iterator[None]:
+    """Run a component's body; on an error remove its ``outputs`` and raise :class:`StageFailed`.
+
+    The core writes each output atomically, but a stage with several outputs can fail after
+    writing some: none of them is left behind, so no later task (or person) reads a partial
+    result. The error names the stage and carries the original one as its cause.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        for out in outputs:
+            path = Path(out)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists() or path.is_symlink():
+                path.unlink(missing_ok=True)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        log.error("%s failed: %s", stage, exc)
+        raise StageFailed(f"{stage} failed: {type(exc).__name__}: {exc}") from exc
+
+
 def log_metrics(metrics_artifact: Any, source: Path | str | dict[str, Any], prefix: str = "") -> dict[str, float]:
     """Log every finite number of a (nested) metrics JSON into a KFP ``Metrics`` artifact."""
     from covidnet.tracking import flatten
@@ -88,35 +157,41 @@ def log_classification(artifact: Any, set_dir: Path | str) -> None:
     artifact.log_confusion_matrix(["non_covid", "covid"], [[int(c["tn"]), int(c["fp"])], [int(c["fn"]), int(c["tp"])]])
 
 
-# --- compile / run / submit ------------------------------------------------------------------------
+# --- arguments -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class PipelineArguments:
-    """The arguments of one pipeline run (checked by :func:`check_arguments`)."""
+    """The arguments of one pipeline run (checked by :func:`check_arguments`).
+
+    ``None`` (or ``""`` for the cohort) means "not given": the pipeline's default applies.
+    """
 
     profile: str
     params_yaml: str
+    settings: PipelineParams
     min_auc_lower: float | None = None
     min_sensitivity_lower: float | None = None
     cohort_repo: str = ""
-    cohort_revision: str = "main"
+    cohort_revision: str | None = None
+    nproc_per_node: str | None = None
+    checkpoint_dir: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def given(self) -> dict[str, Any]:
+        """The pipeline parameters this run sets, by name."""
         args: dict[str, Any] = {"profile": self.profile, "params_yaml": self.params_yaml}
-        if self.min_auc_lower is not None:
-            args["min_auc_lower"] = self.min_auc_lower
-        if self.min_sensitivity_lower is not None:
-            args["min_sensitivity_lower"] = self.min_sensitivity_lower
+        for name in ("min_auc_lower", "min_sensitivity_lower", "cohort_revision", "nproc_per_node",
+                     "checkpoint_dir"):
+            if getattr(self, name) is not None:
+                args[name] = getattr(self, name)
         if self.cohort_repo:
             args["cohort_repo"] = self.cohort_repo
-            args["cohort_revision"] = self.cohort_revision
         return args
 
 
 def check_arguments(params_path: Path | str = DEFAULT_PARAMS, profile: str | None = None,
                     min_auc_lower: float | None = None, min_sensitivity_lower: float | None = None,
-                    cohort_repo: str = "", cohort_revision: str = "main",
-                    mlflow: dict[str, Any] | None = None) -> PipelineArguments:
+                    cohort_repo: str = "", cohort_revision: str | None = None, nproc_per_node: str | None = None,
+                    checkpoint_dir: str | None = None, mlflow: dict[str, Any] | None = None) -> PipelineArguments:
     """Read the params file, apply profile and thresholds as the components will, or raise.
 
     Args:
@@ -124,60 +199,98 @@ def check_arguments(params_path: Path | str = DEFAULT_PARAMS, profile: str | Non
             components receive (``run --local`` points it at a temporary store).
 
     Raises:
-        ParamsError: missing file, unknown profile, a threshold outside [0, 1].
+        ParamsError: missing file, unknown profile, a threshold outside [0, 1], a bad
+            process count or checkpoint folder, a bad ``pipeline`` section.
     """
     import yaml
 
     params_path = Path(params_path)
-    load_params(params_path, profile=profile)  # file + profile checked with the file's own name in errors
+    merged = load_params(params_path, profile=profile)  # file + profile checked with the file's own name in errors
+    settings = pipeline_params(merged)
     text = params_path.read_text()
     if mlflow:
         raw = yaml.safe_load(text)
         raw["mlflow"] = {**raw.get("mlflow", {}), **mlflow}
         text = yaml.safe_dump(raw, sort_keys=False)
-    name = profile or load_params(params_path)["profile"]
     for field, value in (("min_auc_lower", min_auc_lower), ("min_sensitivity_lower", min_sensitivity_lower)):
         if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
             raise ParamsError(f"--{field.replace('_', '-')}: {value!r} is not in [0, 1]")
-    stage_params(text, name, {"promote": {"min_auc_lower": min_auc_lower,
-                                          "min_sensitivity_lower": min_sensitivity_lower}})
-    return PipelineArguments(profile=name, params_yaml=text, min_auc_lower=min_auc_lower,
-                             min_sensitivity_lower=min_sensitivity_lower, cohort_repo=cohort_repo,
-                             cohort_revision=cohort_revision)
+    stage_params(text, merged["profile"], {"promote": {"min_auc_lower": min_auc_lower,
+                                                       "min_sensitivity_lower": min_sensitivity_lower}})
+    if nproc_per_node is not None:
+        nproc_per_node = str(parse_nproc(nproc_per_node, "--nproc-per-node"))
+    if checkpoint_dir and not checkpoint_dir.startswith("/"):
+        raise ParamsError(f"--checkpoint-dir: {checkpoint_dir!r} is not an absolute folder of the train pod")
+    if cohort_revision is not None and not cohort_revision.strip():
+        raise ParamsError("--cohort-revision: empty")
+    return PipelineArguments(profile=merged["profile"], params_yaml=text, settings=settings,
+                             min_auc_lower=min_auc_lower, min_sensitivity_lower=min_sensitivity_lower,
+                             cohort_repo=cohort_repo, cohort_revision=cohort_revision,
+                             nproc_per_node=nproc_per_node, checkpoint_dir=checkpoint_dir)
 
 
-def _pipelines_module():
-    import sys
+def choose_pipeline(name: str | None, cohort_repo: str = "") -> str:
+    """The pipeline to use: ``name``, else ``covidnet`` with a cohort repository, else the synthetic demo."""
+    name = name or ("covidnet" if cohort_repo else "covidnet-synthetic")
+    if name not in PIPELINES:
+        raise ParamsError(f"--pipeline: {name!r} is not one of {', '.join(PIPELINES)}")
+    return name
 
+
+def build_pipeline(name: str, settings: PipelineParams) -> Any:
+    """The ``@dsl.pipeline`` called ``name``, built with ``settings``."""
+    entry = PIPELINES[choose_pipeline(name)]
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from pipelines import covidnet_pipeline
+    obj = getattr(importlib.import_module(entry.module), entry.builder)
+    return obj if hasattr(obj, "component_spec") else obj(settings)
 
-    return covidnet_pipeline
+
+def pipeline_arguments(pipeline: Any, args: PipelineArguments) -> dict[str, Any]:
+    """The run's arguments that ``pipeline`` takes; raise for one it does not take or a required one missing."""
+    inputs = pipeline.component_spec.inputs or {}
+    given = args.given()
+    name = pipeline.component_spec.name
+    extra = sorted(k for k in given if k not in inputs and k not in ("profile", "params_yaml"))
+    if extra:
+        raise ParamsError(f"pipeline {name}: takes no {', '.join('--' + k.replace('_', '-') for k in extra)}")
+    missing = sorted(k for k, spec in inputs.items() if k not in given and spec.default is None and not spec.optional)
+    if missing:
+        raise ParamsError(f"pipeline {name}: {', '.join('--' + k.replace('_', '-') for k in missing)} required")
+    return {k: v for k, v in given.items() if k in inputs}
 
 
-def compile_pipeline(out: Path | str | None = None, synthetic: bool = False) -> Path:
-    """Compile the pipeline (DVC cohort, or with ``synthetic`` the synthetic-cohort demo) to IR YAML.
+# --- compile / run / submit ------------------------------------------------------------------------
 
-    ``out`` defaults to the committed ``pipelines/covidnet_pipeline.yaml`` (or
-    ``covidnet_synthetic_pipeline.yaml``).
+def compile_pipeline(name: str, out: Path | str | None = None, params_path: Path | str = DEFAULT_PARAMS,
+                     profile: str | None = None) -> Path:
+    """Compile pipeline ``name`` with the ``pipeline`` section of ``params_path`` to IR YAML.
+
+    ``out`` defaults to the committed file (``pipelines/<entry.yaml>``).
     """
     from kfp import compiler
 
-    mod = _pipelines_module()
-    out = Path(out) if out is not None else (SYNTHETIC_PIPELINE_YAML if synthetic else PIPELINE_YAML)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fn = mod.covidnet_synthetic if synthetic else mod.covidnet
-    compiler.Compiler().compile(pipeline_func=fn, package_path=str(out))
+    settings = pipeline_params(load_params(params_path, profile=profile))
+    out = Path(out) if out is not None else PIPELINES[choose_pipeline(name)].path
+    from covidnet.atomic import write_text
+
+    with tempfile.TemporaryDirectory(prefix="covidnet-compile-") as tmp:
+        staged = Path(tmp) / f"{out.stem}.yaml"
+        compiler.Compiler().compile(pipeline_func=build_pipeline(name, settings), package_path=str(staged))
+        write_text(out, staged.read_text())
     return out
 
 
-def run_local(args: PipelineArguments, pipeline_root: Path | str) -> dict[str, Any]:
-    """Run the synthetic-cohort pipeline in this machine's processes (``kfp.local``).
+def run_local(args: PipelineArguments, pipeline_root: Path | str, name: str = "covidnet-synthetic") -> dict[str, Any]:
+    """Run a pipeline in this machine's processes (``kfp.local``).
 
     Lightweight components only, each in a subprocess of this Python (``use_venv=False``,
-    so the installed ``covidnet`` is used). Resources, accelerators and retries are ignored
-    locally. Returns the pipeline's output artifacts by name.
+    so the installed ``covidnet`` is used). Resources, accelerators, secrets, volumes and
+    retries are ignored locally. Returns the pipeline's output artifacts by name.
+
+    Raises:
+        RuntimeError: kfp.local's "Pipeline ... finished with status FAILURE. Inner task
+            failed: <task>"; the task's log above it ends with "<stage> failed: <why>".
     """
     import kfp.local
 
@@ -185,11 +298,8 @@ def run_local(args: PipelineArguments, pipeline_root: Path | str) -> dict[str, A
     pipeline_root.mkdir(parents=True, exist_ok=True)
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
                    raise_on_error=True)
-    mod = _pipelines_module()
-    kwargs = args.as_dict()
-    kwargs.pop("cohort_repo", None)
-    kwargs.pop("cohort_revision", None)
-    task = mod.covidnet_synthetic(**kwargs)
+    pipeline = build_pipeline(name, args.settings)
+    task = pipeline(**pipeline_arguments(pipeline, args))
     return dict(task.outputs)
 
 
@@ -204,98 +314,54 @@ def kfp_cron(schedule: str) -> str:
                       "seconds first)")
 
 
-def submit(host: str, args: PipelineArguments, experiment: str = "covidnet", schedule: str | None = None,
-           package: Path | str | None = None, run_name: str | None = None) -> Any:
-    """Compile and submit to a Kubeflow Pipelines endpoint: one run, or a recurring run on a cron schedule.
+def check_cohort_revision(args: PipelineArguments) -> str | None:
+    """Before submitting: is the cohort revision in the cohort repository? (``pipeline.submit``).
 
-    Without ``args.cohort_repo`` the synthetic-cohort pipeline is sent (a demo); with it, the
-    pipeline that fetches the DVC-versioned cohort at ``args.cohort_revision``.
+    Returns:
+        A note for the user when the repository could not be asked (the run's
+        ``fetch_cohort`` task will tell), else None.
+
+    Raises:
+        RevisionError: the repository answered and has no such revision.
+    """
+    if not args.cohort_repo or not args.settings.submit.check_revision:
+        return None
+    from covidnet.fetch import check_revision
+
+    revision = args.cohort_revision or "main"
+    found = check_revision(args.cohort_repo, revision, timeout_s=args.settings.submit.git_timeout_s)
+    if found.checked:
+        log.info("%s", found.detail)
+        return None
+    return f"cohort revision {revision!r} not checked: {found.detail}"
+
+
+def submit(host: str, args: PipelineArguments, name: str, experiment: str = "covidnet", schedule: str | None = None,
+           package: Path | str | None = None, run_name: str | None = None) -> Any:
+    """Compile pipeline ``name`` and submit it to a Kubeflow Pipelines endpoint: one run, or a recurring run.
+
+    The arguments are checked against the pipeline's parameters first (none it does not
+    take, none it needs missing).
     """
     import kfp
 
-    synthetic = not args.cohort_repo
+    pipeline = build_pipeline(name, args.settings)
+    arguments = pipeline_arguments(pipeline, args)
     if package is None:
-        package = Path(tempfile.mkdtemp(prefix="covidnet-kfp-")) / (
-            "covidnet_synthetic_pipeline.yaml" if synthetic else "covidnet_pipeline.yaml")
-    package = compile_pipeline(package, synthetic=synthetic)
+        package = Path(tempfile.mkdtemp(prefix="covidnet-kfp-")) / PIPELINES[name].yaml
+    from kfp import compiler
+
+    compiler.Compiler().compile(pipeline_func=pipeline, package_path=str(package))
     client = kfp.Client(host=host)
-    arguments = args.as_dict()
-    name = run_name or f"covidnet-{args.profile}"
+    run_name = run_name or f"{name}-{args.profile}"
     if schedule:
         try:
             exp = client.get_experiment(experiment_name=experiment)
         except Exception:  # noqa: BLE001 - kfp raises a plain ValueError / ApiException when absent
             exp = client.create_experiment(name=experiment)
-        return client.create_recurring_run(experiment_id=exp.experiment_id, job_name=name,
+        return client.create_recurring_run(experiment_id=exp.experiment_id, job_name=run_name,
                                            cron_expression=kfp_cron(schedule),
                                            pipeline_package_path=str(package), params=arguments,
                                            enable_caching=True)
-    return client.create_run_from_pipeline_package(str(package), arguments=arguments, run_name=name,
+    return client.create_run_from_pipeline_package(str(package), arguments=arguments, run_name=run_name,
                                                    experiment_name=experiment, enable_caching=True)
-
-
-# --- `covidnet pipeline ...` -----------------------------------------------------------------------
-
-def add_arguments(parser: Any) -> None:
-    """The ``covidnet pipeline`` subcommand's arguments (``covidnet.cli`` calls this)."""
-    parser.add_argument("action", choices=("compile", "run", "submit"),
-                        help="compile: write pipelines/covidnet_pipeline.yaml and covidnet_synthetic_pipeline.yaml; "
-                             "run --local: the synthetic-cohort pipeline on this machine (kfp.local); "
-                             "submit --host URL: a run (or with --schedule a recurring run) on Kubeflow Pipelines")
-    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
-    parser.add_argument("--profile", default=None, help="profile the run uses (default: the file's `profile` key)")
-    parser.add_argument("--min-auc-lower", type=float, default=None,
-                        help="promotion gate: lower CI bound of test AUC (default: promote.min_auc_lower)")
-    parser.add_argument("--min-sensitivity-lower", type=float, default=None,
-                        help="promotion gate: lower CI bound of sensitivity (default: promote.min_sensitivity_lower)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="compile: folder for the YAML files (default: pipelines/)")
-    parser.add_argument("--local", action="store_true", help="run: on this machine with kfp.local (required)")
-    parser.add_argument("--pipeline-root", type=Path, default=None,
-                        help="run --local: where artifacts go (default: a new temporary folder)")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="run --local: MLflow store (default: sqlite in the pipeline root)")
-    parser.add_argument("--host", default=None, help="submit: the Kubeflow Pipelines API endpoint URL")
-    parser.add_argument("--experiment", default="covidnet", help="submit: experiment name (default: %(default)s)")
-    parser.add_argument("--schedule", default=None,
-                        help="submit: cron expression ('0 3 * * 1' or KFP's 6 fields) for a recurring run")
-    parser.add_argument("--cohort-repo", default="",
-                        help="submit: DVC repository URL of the cohort (default: none, the synthetic pipeline)")
-    parser.add_argument("--cohort-revision", default="main", help="submit: git revision of the cohort")
-
-
-def main(args: Any) -> int:
-    """Carry out ``covidnet pipeline ACTION``."""
-    thresholds = {"min_auc_lower": args.min_auc_lower, "min_sensitivity_lower": args.min_sensitivity_lower}
-    if args.action == "compile":
-        check_arguments(args.params, args.profile, **thresholds)
-        out = args.out or PIPELINE_YAML.parent
-        for synthetic, default in ((False, PIPELINE_YAML), (True, SYNTHETIC_PIPELINE_YAML)):
-            print(f"pipeline: compiled {compile_pipeline(Path(out) / default.name, synthetic=synthetic)}")
-        return 0
-    if args.action == "run":
-        if not args.local:
-            raise ParamsError("pipeline run: only --local is supported here; use `pipeline submit --host URL` "
-                              "for a cluster")
-        root = (args.pipeline_root or Path(tempfile.mkdtemp(prefix="covidnet-kfp-local-"))).resolve()
-        root.mkdir(parents=True, exist_ok=True)
-        uri = args.tracking_uri or f"sqlite:///{root / 'mlflow.db'}"
-        pargs = check_arguments(args.params, args.profile, **thresholds,
-                                mlflow={"tracking_uri": uri, "artifact_root": str(root / "mlruns")})
-        outputs = run_local(pargs, root / "runs")
-        decision = json.loads(Path(outputs["decision"].path).read_text())
-        alias = "champion" if decision["promoted"] else "challenger"
-        print(f"pipeline: local run of profile {pargs.profile} finished; {decision['registered_model']} version "
-              f"{decision['version']} is {alias} in {uri}; artifacts under {root / 'runs'}")
-        return 0
-    if not args.host:
-        raise ParamsError("pipeline submit: --host URL is required (the Kubeflow Pipelines API endpoint)")
-    if args.schedule:
-        kfp_cron(args.schedule)
-    pargs = check_arguments(args.params, args.profile, **thresholds, cohort_repo=args.cohort_repo,
-                            cohort_revision=args.cohort_revision)
-    result = submit(args.host, pargs, experiment=args.experiment, schedule=args.schedule)
-    what = "recurring run" if args.schedule else "run"
-    print(f"pipeline: submitted a {what} to {args.host} (experiment {args.experiment}): "
-          f"{getattr(result, 'run_id', None) or getattr(result, 'recurring_run_id', None) or result}")
-    return 0

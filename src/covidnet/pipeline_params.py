@@ -1,0 +1,229 @@
+"""The ``pipeline`` section of params.yaml: how the Kubeflow tasks run on a cluster.
+
+Read when a pipeline is compiled (resources, accelerator, retries, secrets and volumes are
+written into the IR YAML) and, for the PyTorchJob, when the launcher builds the job. Every
+value is checked here, with the params key and the offending value in the message.
+Quantities are Kubernetes quantities (``"2"``, ``"500m"`` CPUs; ``64G``, ``16Gi`` bytes).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from covidnet.params import ParamsError, section
+
+_CPU = re.compile(r"^([0-9]+(\.[0-9]+)?|[0-9]+m)$")
+_MEMORY = re.compile(r"^[0-9]+(\.[0-9]+)?(E|P|T|G|M|K|Ei|Pi|Ti|Gi|Mi|Ki)?$")
+_RESOURCE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_cpu(value: str, key: str) -> None:
+    """Raise unless ``value`` is a CPU quantity (``"2"``, ``"0.5"``, ``"500m"``)."""
+    if not _CPU.match(value) or float(value.rstrip("m") or 0) <= 0:
+        raise ParamsError(f"{key}: {value!r} is not a CPU quantity such as '2' or '500m'")
+
+
+def check_memory(value: str, key: str) -> None:
+    """Raise unless ``value`` is a memory quantity (``8G``, ``16Gi``)."""
+    if not _MEMORY.match(value) or float(re.sub(r"[A-Za-z]+$", "", value)) <= 0:
+        raise ParamsError(f"{key}: {value!r} is not a memory quantity such as '8G' or '16Gi'")
+
+
+def check_name(value: str, key: str) -> None:
+    """Raise unless ``value`` is a Kubernetes object name (a DNS label: a-z, 0-9, '-', at most 63)."""
+    if len(value) > 63 or not _DNS_LABEL.match(value):
+        raise ParamsError(f"{key}: {value!r} is not a Kubernetes name (lower-case letters, digits and '-', "
+                          "at most 63 characters)")
+
+
+def check_resource(value: str, key: str) -> None:
+    """Raise unless ``value`` is an extended resource name such as ``nvidia.com/gpu``."""
+    if not _RESOURCE.match(value):
+        raise ParamsError(f"{key}: {value!r} is not a resource name such as 'nvidia.com/gpu'")
+
+
+@dataclass(frozen=True)
+class ResourceParams:
+    """``pipeline.resources``: limits of every task, and of the train task with its accelerators."""
+
+    cpu: str
+    memory: str
+    train_cpu: str
+    train_memory: str
+    train_shm: str | None
+    accelerator: str
+    gpus: int
+
+    def __post_init__(self) -> None:
+        check_cpu(self.cpu, "pipeline.resources.cpu")
+        check_cpu(self.train_cpu, "pipeline.resources.train_cpu")
+        check_memory(self.memory, "pipeline.resources.memory")
+        check_memory(self.train_memory, "pipeline.resources.train_memory")
+        if self.train_shm is not None:
+            check_memory(self.train_shm, "pipeline.resources.train_shm")
+        check_resource(self.accelerator, "pipeline.resources.accelerator")
+        if self.gpus < 0:
+            raise ParamsError(f"pipeline.resources.gpus: must be >= 0, got {self.gpus}")
+
+
+@dataclass(frozen=True)
+class RetryParams:
+    """``pipeline.retry``: retries with exponential back-off of the tasks that talk to a remote."""
+
+    count: int
+    backoff_s: int
+    factor: float
+    max_backoff_s: int
+
+    def __post_init__(self) -> None:
+        if self.count < 0:
+            raise ParamsError(f"pipeline.retry.count: must be >= 0, got {self.count}")
+        if self.backoff_s < 1:
+            raise ParamsError(f"pipeline.retry.backoff_s: must be >= 1, got {self.backoff_s}")
+        if self.factor < 1.0:
+            raise ParamsError(f"pipeline.retry.factor: must be >= 1, got {self.factor}")
+        if self.max_backoff_s < self.backoff_s:
+            raise ParamsError(f"pipeline.retry.max_backoff_s: {self.max_backoff_s} is below backoff_s "
+                              f"({self.backoff_s})")
+
+
+def parse_nproc(value: int | str, key: str = "pipeline.train.nproc_per_node") -> int | str:
+    """``"auto"`` or a positive process count (``4`` or ``"4"``); raise naming ``key`` otherwise."""
+    if isinstance(value, str) and value.strip() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if isinstance(value, bool) or n < 1 or (isinstance(value, float) and value != n):
+        raise ParamsError(f"{key}: {value!r} is neither 'auto' nor a process count >= 1")
+    return n
+
+
+@dataclass(frozen=True)
+class TrainTaskParams:
+    """``pipeline.train``: processes of the train pod and where a retried task finds its checkpoints."""
+
+    nproc_per_node: int | str
+    checkpoint_dir: str
+    checkpoint_pvc: str | None
+    checkpoint_mount: str
+
+    def __post_init__(self) -> None:
+        parse_nproc(self.nproc_per_node)
+        if self.checkpoint_pvc is not None:
+            check_name(self.checkpoint_pvc, "pipeline.train.checkpoint_pvc")
+        if not self.checkpoint_mount.startswith("/"):
+            raise ParamsError(f"pipeline.train.checkpoint_mount: {self.checkpoint_mount!r} is not an absolute path")
+        if self.checkpoint_dir and not self.checkpoint_dir.startswith("/"):
+            raise ParamsError(f"pipeline.train.checkpoint_dir: {self.checkpoint_dir!r} is not an absolute path "
+                              "(a folder of the train pod, e.g. on checkpoint_pvc) or ''")
+
+
+@dataclass(frozen=True)
+class SecretParams:
+    """One Kubernetes secret whose keys become environment variables (``env``: secret key -> variable)."""
+
+    name: str
+    env: dict[str, str]
+
+    def check(self, key: str) -> None:
+        check_name(self.name, f"{key}.name")
+        if not self.env:
+            raise ParamsError(f"{key}.env: empty; map at least one secret key to an environment variable")
+        for secret_key, var in self.env.items():
+            if not _ENV.match(var):
+                raise ParamsError(f"{key}.env.{secret_key}: {var!r} is not an environment variable name")
+
+
+@dataclass(frozen=True)
+class SecretsParams:
+    """``pipeline.secrets``: the DVC remote's and MLflow's credentials on the cluster."""
+
+    dvc_remote: SecretParams
+    mlflow: SecretParams
+
+    def __post_init__(self) -> None:
+        self.dvc_remote.check("pipeline.secrets.dvc_remote")
+        self.mlflow.check("pipeline.secrets.mlflow")
+
+
+@dataclass(frozen=True)
+class PyTorchJobParams:
+    """``pipeline.pytorchjob``: a Kubeflow Training Operator PyTorchJob training across nodes."""
+
+    image: str
+    namespace: str | None
+    nodes: int
+    gpus_per_node: int
+    accelerator: str
+    cpu: str
+    memory: str
+    shm: str | None
+    pvc: str
+    mount_path: str
+    backoff_limit: int
+    timeout_s: int
+    poll_s: int
+    ttl_s: int
+
+    def __post_init__(self) -> None:
+        key = "pipeline.pytorchjob"
+        if not self.image.strip():
+            raise ParamsError(f"{key}.image: empty")
+        if self.namespace is not None:
+            check_name(self.namespace, f"{key}.namespace")
+        if self.nodes < 1:
+            raise ParamsError(f"{key}.nodes: must be >= 1, got {self.nodes}")
+        if self.gpus_per_node < 0:
+            raise ParamsError(f"{key}.gpus_per_node: must be >= 0, got {self.gpus_per_node}")
+        check_resource(self.accelerator, f"{key}.accelerator")
+        check_cpu(self.cpu, f"{key}.cpu")
+        check_memory(self.memory, f"{key}.memory")
+        if self.shm is not None:
+            check_memory(self.shm, f"{key}.shm")
+        check_name(self.pvc, f"{key}.pvc")
+        if not self.mount_path.startswith("/"):
+            raise ParamsError(f"{key}.mount_path: {self.mount_path!r} is not an absolute path")
+        for name in ("backoff_limit", "timeout_s", "poll_s", "ttl_s"):
+            low = 0 if name == "backoff_limit" else 1
+            if getattr(self, name) < low:
+                raise ParamsError(f"{key}.{name}: must be >= {low}, got {getattr(self, name)}")
+
+    @property
+    def nproc_per_node(self) -> int:
+        """torchrun processes per pod: one per GPU, or one on a CPU-only pod."""
+        return max(self.gpus_per_node, 1)
+
+
+@dataclass(frozen=True)
+class SubmitParams:
+    """``pipeline.submit``: checks before a run is sent."""
+
+    check_revision: bool
+    git_timeout_s: int
+
+    def __post_init__(self) -> None:
+        if self.git_timeout_s < 1:
+            raise ParamsError(f"pipeline.submit.git_timeout_s: must be >= 1, got {self.git_timeout_s}")
+
+
+@dataclass(frozen=True)
+class PipelineParams:
+    """The ``pipeline`` section of params.yaml."""
+
+    resources: ResourceParams
+    retry: RetryParams
+    train: TrainTaskParams
+    secrets: SecretsParams
+    pytorchjob: PyTorchJobParams
+    submit: SubmitParams
+
+
+def pipeline_params(params: dict[str, Any]) -> PipelineParams:
+    """The checked ``pipeline`` section of merged params (raises :class:`ParamsError` naming the key)."""
+    return section(params, "pipeline", PipelineParams)

@@ -6,7 +6,8 @@ which wins). Two tables (SQLAlchemy Core, created when missing):
 
 ``predictions``
     ``request_id``, ``time`` (UTC), ``hospital`` (a request parameter, else the DICOM
-    InstitutionName), ``model_name``, ``model_version``, ``patient_hash``, ``study_hash``,
+    InstitutionName), ``model_name``, ``model_version``, ``mlflow_run_id`` (the training run,
+    where the model's reference profile is), ``patient_hash``, ``study_hash``,
     ``score`` (the network's sigmoid output), ``probability`` (calibrated), ``threshold``,
     ``decision``, one column per QC value (:data:`covidnet.reference.QC_COLUMNS`) and
     ``qc_out_of_range`` (the QC fields outside the training range, comma-separated).
@@ -138,6 +139,7 @@ class Prediction:
     probability: float
     threshold: float
     decision: str
+    mlflow_run_id: str | None = None
     hospital: str | None = None
     patient_hash: str | None = None
     study_hash: str | None = None
@@ -148,7 +150,7 @@ class Prediction:
         qc = {c: _float_or_none(self.qc.get(c)) for c in QC_COLUMNS}
         return {"request_id": self.request_id, "time": utc_naive(self.time), "hospital": self.hospital,
                 "model_name": self.model_name, "model_version": self.model_version,
-                "patient_hash": self.patient_hash, "study_hash": self.study_hash, "score": float(self.score),
+                "mlflow_run_id": self.mlflow_run_id, "patient_hash": self.patient_hash, "study_hash": self.study_hash, "score": float(self.score),
                 "probability": float(self.probability), "threshold": float(self.threshold),
                 "decision": self.decision, **qc,
                 "qc_out_of_range": None if self.qc_out_of_range is None else ",".join(self.qc_out_of_range)}
@@ -183,7 +185,8 @@ def predictions_from_answers(answers: Sequence[dict], infos: Sequence[dict], key
         flagged = tuple(check.get("out_of_range") or ()) if check.get("all_in_range") is not None else None
         rows.append(Prediction(
             request_id=request_id, time=time, model_name=str(a["model"]["name"]),
-            model_version=str(a["model"]["version"]), score=a["score"], probability=a["covid19_probability"],
+            model_version=str(a["model"]["version"]), mlflow_run_id=a["model"].get("mlflow_run_id"),
+            score=a["score"], probability=a["covid19_probability"],
             threshold=a["threshold"], decision=a["decision"],
             hospital=hospital or (info.get("institution") or None),
             patient_hash=hash_id(key, "patient", info.get("patient_id")),
@@ -204,6 +207,7 @@ def _tables():
         sa.Column("hospital", sa.String(128)),
         sa.Column("model_name", sa.String(128), nullable=False),
         sa.Column("model_version", sa.String(128), nullable=False),
+        sa.Column("mlflow_run_id", sa.String(64)),
         sa.Column("patient_hash", sa.String(64), index=True),
         sa.Column("study_hash", sa.String(64)),
         sa.Column("score", sa.Float, nullable=False),
@@ -229,14 +233,14 @@ class PredictionLog:
 
     Args:
         url: a SQLAlchemy URL; for SQLite the folder of the file is created.
-        key: the HMAC key (:func:`resolve_key`).
+        key: the HMAC key (:func:`resolve_key`); None for a reader that hashes nothing.
         busy_timeout_s: SQLite: how long a writer waits for another's lock.
 
     Raises:
         PredLogError: the database cannot be reached or its tables cannot be created.
     """
 
-    def __init__(self, url: str, key: bytes, busy_timeout_s: float) -> None:
+    def __init__(self, url: str, key: bytes | None, busy_timeout_s: float) -> None:
         import sqlalchemy as sa
         from sqlalchemy import event
 
@@ -280,13 +284,18 @@ class PredictionLog:
                                f"({type(exc.orig or exc).__name__}: {exc.orig or exc})") from None
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "PredictionLog":
-        """Open the log the params describe (``monitor.log``, ``paths.predlog``, ``data.source``)."""
+    def from_params(cls, params: dict[str, Any], with_key: bool = True) -> "PredictionLog":
+        """Open the log the params describe (``monitor.log``, ``paths.predlog``, ``data.source``).
+
+        Args:
+            with_key: resolve the hash key (:func:`resolve_key`); readers such as the drift
+                report need none.
+        """
         from covidnet.monitor import monitor_params
 
         lp = monitor_params(params).log
         synthetic = params.get("data", {}).get("source", "synthetic") == "synthetic"
-        key = resolve_key(lp, synthetic)
+        key = resolve_key(lp, synthetic) if with_key else None
         return cls(resolve_url(lp, params["paths"]["predlog"]), key, lp.busy_timeout_s)
 
     def close(self) -> None:

@@ -1,14 +1,14 @@
 """COVIDNet as a KServe model: DICOM study zips, s3:// references or tensors in, per-study answers out.
 
-Run: ``python serving/covidnet_model.py --model_dir models/covidnet --http_port 8080`` (any
-KServe ModelServer flag works), or ``covidnet serve``. The logic lives in
-:mod:`covidnet.serve`; series selection and preprocessing are the pipeline's own functions.
+Run: ``covidnet serve`` (the champion of the local MLflow store), or ``python
+serving/covidnet_model.py --model_dir /mnt/models --http_port 8080`` (any KServe ModelServer flag
+works). The logic lives in ``covidnet.serve*``; series selection and preprocessing are the
+pipeline's own functions.
 """
 
 import argparse
 import asyncio
 import json
-from pathlib import Path
 
 import kserve
 import numpy as np
@@ -19,59 +19,34 @@ from kserve.errors import InvalidInput
 from covidnet import serve as core
 from covidnet.params import load_params, section
 from covidnet.predict import score
+from covidnet.serve_http import BodyLimit
+from covidnet.serve_request import request_studies
+from covidnet.serve_source import fetch_model
+from covidnet.tracking import mlflow_params
 
 
 class COVIDNetModel(kserve.Model):
-    def __init__(self, name: str, model_dir: Path, params: dict):
+    def __init__(self, name: str, model_uri: str, params: dict):
         super().__init__(name)
-        self.model_dir, self.params = Path(model_dir), params
+        self.model_uri, self.params = model_uri, params
         self.ready = False
 
     def load(self) -> bool:
-        self.bundle = core.load_bundle(self.model_dir, self.params, self.name)
+        self.source = fetch_model(self.model_uri, mlflow_params(self.params).tracking_uri)
+        self.bundle = core.load_bundle(self.source, self.params, self.name)
         score(self.bundle.net, [torch.zeros((1, *self.bundle.shape))], self.bundle.device)  # warm-up
         self.ready = True
         return self.ready
 
-    def _item(self, item, label: str) -> list[core.Study]:
-        """A V1 instance or a V2 element: a base64 zip (str, or ``{"b64": str}``), an ``s3://``
-        reference (str, or ``{"s3": str}``) or a tensor."""
-        if isinstance(item, dict) and "s3" in item or isinstance(item, str) and item.startswith("s3://"):
-            return core.study_s3(item["s3"] if isinstance(item, dict) else item, self.bundle, label)
-        if isinstance(item, (str, bytes)) or (isinstance(item, dict) and "b64" in item):
-            return core.study_zip(item["b64"] if isinstance(item, dict) else item, self.bundle, label)
-        return [core.Study(x, {}) for x in core.tensor_batch(item, self.bundle.shape, label)]
-
-    def _studies(self, payload) -> list[core.Study]:
-        if isinstance(payload, dict) and isinstance(payload.get("instances"), list):
-            return [s for i, item in enumerate(payload["instances"]) for s in self._item(item, f"instances[{i}]")]
-        if not isinstance(payload, InferRequest):
-            raise core.ServeInputError("request body: expected V2 'inputs' or V1 'instances' (a list)")
-        studies = []
-        for inp in payload.inputs:
-            label = f"input {inp.name!r}"
-            if inp.datatype == "BYTES":
-                studies += [s for i, z in enumerate(inp.data or []) for s in self._item(z, f"{label}[{i}]")]
-            elif inp.datatype in ("FP32", "FP16", "FP64"):
-                studies += self._item(np.asarray(inp.data, np.float32).reshape(inp.shape), label)
-            else:
-                raise core.ServeInputError(f"{label}: datatype {inp.datatype} is not BYTES (base64 study zip) "
-                                           "or FP32/FP16 (preprocessed tensor)")
-        return studies
-
     async def preprocess(self, payload, headers=None) -> dict:
         # Off the event loop: a slow upload must not hold up health checks or other requests.
-        return await asyncio.to_thread(self._preprocess, payload)
+        return await asyncio.to_thread(self._preprocess, payload, (headers or {}).get("content-type"))
 
-    def _preprocess(self, payload) -> dict:
+    def _preprocess(self, payload, content_type) -> dict:
         try:
-            studies = self._studies(payload)
-        except (core.ServeInputError, ValueError) as exc:  # ValueError: V2 data that do not fill its shape
+            studies = request_studies(payload, self.bundle, content_type)
+        except core.ServeInputError as exc:
             raise InvalidInput(str(exc)) from None
-        if not studies:
-            raise InvalidInput("request: no study and no tensor given")
-        if len(studies) > self.bundle.serve.max_studies:
-            raise InvalidInput(f"request: {len(studies)} studies > serve.max_studies {self.bundle.serve.max_studies}")
         return {"x": np.stack([s.tensor for s in studies]), "info": [s.info for s in studies],
                 "v2": isinstance(payload, InferRequest), "id": getattr(payload, "id", None)}
 
@@ -80,7 +55,7 @@ class COVIDNetModel(kserve.Model):
         return {**payload, "logits": logits}
 
     def postprocess(self, result: dict, headers=None, response_headers=None):
-        out = core.results(result["logits"], self.bundle, result["info"])
+        out = core.results(result["logits"], self.bundle, result["info"])  # the per-study answers
         if not result["v2"]:
             return {"predictions": out}
         n = [len(out)]
@@ -90,17 +65,26 @@ class COVIDNetModel(kserve.Model):
             InferOutput("result", n, "BYTES", [json.dumps(r) for r in out])], model_version=out[0]["model"]["version"])
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """KServe's ModelServer parser plus the model's source and the params file."""
     parser = argparse.ArgumentParser(parents=[kserve.model_server.parser])
-    parser.add_argument("--model_dir", default=None, help="model folder (default: paths.model in the params)")
-    parser.add_argument("--params", default="params.yaml", help="params file (serve, series, evaluate, paths)")
+    parser.add_argument("--model_dir", default=None, help="serve this model folder (e.g. /mnt/models)")
+    parser.add_argument("--model_uri", default=None,
+                        help="models:/NAME@ALIAS, models:/NAME/VERSION or a folder (default: serve.model_uri)")
+    parser.add_argument("--params", default="params.yaml", help="params file (serve, series, evaluate, mlflow, paths)")
     parser.add_argument("--profile", default=None, help="params profile to apply")
-    args, _ = parser.parse_known_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args, _ = build_parser().parse_known_args(argv)
     params = load_params(args.params, profile=args.profile)
+    sp = section(params, "serve", core.ServeParams)
     # KServe's --model_name defaults to "model": then the name comes from serve.model_name.
-    name = args.model_name if args.model_name != "model" else section(params, "serve", core.ServeParams).model_name
-    model = COVIDNetModel(name, Path(args.model_dir or params["paths"]["model"]), params)
+    name = args.model_name if args.model_name != "model" else sp.model_name
+    model = COVIDNetModel(name, args.model_dir or args.model_uri or sp.model_uri, params)
     model.load()
+    kserve.model_server.app.add_middleware(BodyLimit, max_bytes=int(sp.max_body_mb * 2**20))
     kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc,
                        workers=args.workers).start([model])
 

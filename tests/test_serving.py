@@ -1,6 +1,7 @@
 """Serving: the real KServe ModelServer in a subprocess, called over real HTTP on loopback.
 
-A tiny model is trained in a fixture (as tests/test_train.py does); studies are real DICOM
+A tiny model is trained in a fixture (as tests/test_train.py does) and served from its folder
+(``--model-dir``; serving by MLflow URI is tests/test_serve_source.py); studies are real DICOM
 files written by :func:`covidnet.synth.write_series`, zipped and posted as the clients do.
 S3 study references are fetched from moto's S3 server on loopback (a real HTTP endpoint).
 """
@@ -25,8 +26,10 @@ import yaml
 
 from covidnet.params import load_params, section
 from covidnet.preprocess import PreprocessParams
-from covidnet.serve import (ServeInputError, ServeParams, extract_zip, load_bundle, lung_abnormality, results,
-                            studies_from_folder, tensor_batch, v2_zip_request, zip_folder)
+from covidnet.serve import ServeInputError, ServeParams, load_bundle, results, tensor_batch
+from covidnet.serve_client import PredictError, predict, v2_zip_request, zip_folder
+from covidnet.serve_input import decode_base64, extract_zip, studies_from_folder
+from covidnet.serve_lesions import lung_abnormality
 from covidnet.synth import SeriesHeader, write_series
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,6 +132,7 @@ def server(tmp_path_factory, s3):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["profile"] = "tiny"
     params["serve"]["max_uncompressed_mb"] = 1
+    params["serve"]["max_body_mb"] = 1
     params["serve"]["qc_margin"] = 0.1
     params["paths"]["calibrator"] = str(tmp / "calibrator.json")
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
@@ -151,7 +155,8 @@ def server(tmp_path_factory, s3):
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"server did not become ready:\n{(tmp / 'server.log').read_text()[-3000:]}")
             time.sleep(0.3)
-        yield {"base": base, "infer": f"{base}/v2/models/{NAME}/infer", "tmp": tmp}
+        yield {"base": base, "infer": f"{base}/v2/models/{NAME}/infer", "v1": f"{base}/v1/models/{NAME}:predict",
+               "tmp": tmp, "log": tmp / "server.log"}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -174,24 +179,74 @@ def test_v2_study_zip(server, tmp_path):
     assert result["decision"] in ("covid19", "other_pneumonia") and out["decision"]["data"][0] == result["decision"]
     assert result["series_uid"].startswith("1.") and result["selection"].startswith("most slices (12)")
     assert result["model"]["version"].startswith("sha256:") and result["model"]["calibrator"] == "none"
+    assert result["model"]["alias"] is None and result["model"]["threshold_from"] == "evaluate.threshold"
+    assert body["model_version"] == result["model"]["version"]
     assert result["qc"]["n_slices"] == 12 and "lung_fraction" in result["qc"]
     assert result["threshold"] == 0.5
 
 
-def test_cli_predict_and_v1(server, tmp_path):
+def test_raw_zip_body_answers_like_base64_json(server, tmp_path):
+    """The zip as the raw body of a V1 request (no base64, no JSON) gets the same answer as the
+    base64 V2 request; a raw body of another content type is a 400 naming it."""
+    data = zip_folder(_study(tmp_path / "dicom", uid="raw", seed=3))
+    status, v2 = _post(server["infer"], v2_zip_request([data]))
+    assert status == 200, v2
+    status, v1 = _post(server["v1"], data, "application/zip")
+    assert status == 200, v1
+    (raw,) = v1["predictions"]
+    assert raw["series_uid"] == _result(v2)["series_uid"] and raw["qc"] == _result(v2)["qc"]
+    assert raw["covid19_probability"] == pytest.approx(_result(v2)["covid19_probability"], abs=1e-6)
+    status, body = _post(server["v1"], data, "text/plain")
+    assert status == 400 and "Content-Type 'text/plain'" in body["error"], body
+    status, body = _post(server["v1"], b"PK\x03\x04 truncated", "application/x-zip-compressed")
+    assert status == 400 and "not a zip archive" in body["error"], body
+    _alive(server)
+
+
+def test_cli_predict_binary_base64_and_errors(server, tmp_path):
     folder = _study(tmp_path / "dicom", uid="s2")
-    r = subprocess.run([sys.executable, "-m", "covidnet.cli", "predict", str(folder), "--url", server["infer"]],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["outputs"][0]["name"] == "covid19_probability"
+    runs = {}
+    for encoding in ("binary", "base64"):
+        r = subprocess.run([sys.executable, "-m", "covidnet.cli", "predict", str(folder), "--url", server["base"],
+                            "--model", NAME, "--encoding", encoding], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        runs[encoding] = json.loads(r.stdout)
+    assert len(runs["binary"]) == 1 and runs["binary"][0]["series_uid"] == runs["base64"][0]["series_uid"]
+    assert runs["binary"][0]["score"] == pytest.approx(runs["base64"][0]["score"], abs=1e-6)
+    r = subprocess.run([sys.executable, "-m", "covidnet.cli", "predict", str(folder), "--url", server["infer"],
+                        "--model", NAME], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "base URL" in r.stderr, r.stderr
+    with pytest.raises(PredictError, match=r"HTTP 404: .*nosuchmodel"):
+        predict(folder, server["base"], "nosuchmodel")
+
+
+def test_v1_base64_zip_and_tensor_together(server, tmp_path):
+    folder = _study(tmp_path / "dicom", uid="s2")
     # V1: a zip (base64, TF-serving style {"b64": ...}) and a tensor answered together
     z = base64.b64encode(zip_folder(folder)).decode()
-    status, body = _post(f"{server['base']}/v1/models/{NAME}:predict",
-                         {"instances": [{"b64": z}, np.full(SHAPE, 0.3).tolist()]})
+    status, body = _post(server["v1"], {"instances": [{"b64": z}, np.full(SHAPE, 0.3).tolist()]})
     assert status == 200, body
     preds = body["predictions"]
     assert len(preds) == 2 and preds[0]["series_uid"] and preds[1]["series_uid"] is None
     assert all(0.0 <= p["covid19_probability"] <= 1.0 for p in preds)
+
+
+def test_body_over_the_limit_is_413(server):
+    """serve.max_body_mb (1 MiB in the fixture): a larger body is refused before it is read, with a
+    Content-Length and chunked alike; the server keeps answering."""
+    import http.client
+
+    big = b"\0" * (2 * 1024 * 1024)
+    status, body = _post(server["v1"], big, "application/zip")
+    assert status == 413 and "serve.max_body_mb" in body["error"] and "2097152 bytes" in body["error"], body
+    host, port = server["base"].removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.request("POST", f"/v1/models/{NAME}:predict", body=iter([big[i:i + 65536] for i in range(0, len(big), 65536)]),
+                 headers={"Content-Type": "application/zip"}, encode_chunked=True)
+    resp = conn.getresponse()
+    assert resp.status == 413 and "chunked" in json.loads(resp.read())["error"]
+    conn.close()
+    _alive(server)
 
 
 def test_v2_tensor(server):
@@ -271,10 +326,9 @@ def test_bundle_calibrator_and_threshold(server, tmp_path):
     """A calibrator beside the model changes the probability, not the decision (made on the score)."""
     params = load_params(server["tmp"] / "params.yaml")
     params["serve"]["threshold"] = 0.4
-    model = tmp_path / "model"
-    model.mkdir()
-    for f in (server["tmp"] / "model").iterdir():
-        (model / f.name).write_bytes(f.read_bytes())
+    import shutil
+
+    model = shutil.copytree(server["tmp"] / "model", tmp_path / "model")
     (model / "calibrator.json").write_text(json.dumps({"kind": "temperature", "temperature": 2.0}))
     bundle = load_bundle(model, params)
     assert bundle.threshold == 0.4 and bundle.calibrator.kind == "temperature" and bundle.shape == SHAPE

@@ -460,7 +460,8 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
             scalar figures, for ``dvc metrics``).
         calibrator_path: where the calibrator fitted on the validation split is written
             (``{"kind": "none"}`` when ``params.calibrator`` is ``none``), beside the model for
-            serving.
+            serving; with a tracked model it is also logged into the training run's
+            ``covidnet/`` artifact folder (the model folder), so the registered version has it.
         synthetic: whether the cohort is synthetic.
         sets: the splits to evaluate (test sets keep each patient's first scan).
 
@@ -511,4 +512,6 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
         with mlflow.start_run(run_id=run_id):
             for name, m in results.items():
                 log_to_mlflow(m, out_dir / name)
+            # Beside the model folder train logged, so a registered version carries its calibrator (serving).
+            mlflow.log_dict(calibrator.to_dict() if calibrator else {"kind": "none"}, "covidnet/calibrator.json")
     return results

@@ -26,7 +26,9 @@ Passing moves the alias ``champion`` to the new version and the alias
 ``previous_champion`` to the version that held it, so :func:`rollback` can restore it;
 failing sets ``challenger`` on the new version. Aliases, not the deprecated stages; no
 version is ever deleted. The decision record (JSON, with each rule's value, threshold and
-verdict) goes to ``paths.decision`` and to the version's ``covidnet.decision`` tag.
+verdict) goes to ``paths.decision`` and to the version's ``covidnet.decision`` tag; the threshold
+the test figures were computed at goes to its ``covidnet.threshold`` tag, where serving reads the
+operating point (:mod:`covidnet.serve_source`).
 
 A failing gate is a decision, not an error: the stage writes it and exits 0. Each version
 keeps its own test predictions as an artifact of its training run
@@ -60,6 +62,7 @@ CHALLENGER = "challenger"
 ROLLED_BACK = "rolled_back"
 PREDICTIONS_TAG = "covidnet.predictions"
 DECISION_TAG = "covidnet.decision"
+THRESHOLD_TAG = "covidnet.threshold"  # the operating point of the test figures; serving decides there
 # figures of metrics.json copied to version tags as <set>.<name> and <set>.<name>.ci
 TAGGED_FIGURES = ("accuracy", "auc", "covid.sensitivity", "covid.specificity", "covid.ppv", "covid.npv",
                   "covid.f1")
@@ -381,7 +384,7 @@ def promote(model_dir: Path | str, evaluation_dir: Path | str, params: PromotePa
     tags = {f"covidnet.{k}": str(v) for k, v in provenance.items()}
     tags.update(figure_tags(metrics, params.test_set))
     tags.update({PREDICTIONS_TAG: f"runs:/{run_id}/{artifact_dir}/predictions.csv",
-                 "covidnet.test_set": params.test_set,
+                 THRESHOLD_TAG: str(metrics["threshold"]), "covidnet.test_set": params.test_set,
                  "covidnet.synthetic": str(metrics.get("synthetic", provenance.get("synthetic", "unknown"))).lower()})
     source = f"runs:/{run_id}/model"
     _ensure_registered_model(client, name)

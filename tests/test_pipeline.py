@@ -137,23 +137,13 @@ def test_help_explains_each_stage():
 
 
 @pytest.mark.slow
-def test_s3_remote_push_and_pull(repro, tmp_path):
+def test_s3_remote_push_and_pull(repro, s3_server):
     """The README's S3 remote recipe against moto's S3 server on loopback (a real HTTP S3 endpoint)."""
-    moto_server = pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
     proj, _ = repro
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
+    ENV.update(s3_server.env)
     try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-        boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in creds.items()
-                                                     if k != "AWS_DEFAULT_REGION"},
-                     region_name="us-east-1").create_bucket(Bucket="covidnet")
-        ENV.update(creds)
-        run(["dvc", "remote", "add", "-f", "storage", "s3://covidnet/cache"], proj)
-        run(["dvc", "remote", "modify", "storage", "endpointurl", endpoint], proj)
+        run(["dvc", "remote", "add", "-f", "storage", f"s3://{s3_server.bucket}/cache"], proj)
+        run(["dvc", "remote", "modify", "storage", "endpointurl", s3_server.endpoint], proj)
         run(["dvc", "push", "-r", "storage"], proj)
         manifest = proj / "data/raw/manifest/patients.csv"
         original = manifest.read_bytes()
@@ -162,9 +152,8 @@ def test_s3_remote_push_and_pull(repro, tmp_path):
         run(["dvc", "pull", "-r", "storage", "synth"], proj)
         assert manifest.read_bytes() == original
     finally:
-        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        for key in s3_server.env:
             ENV.pop(key, None)
-        server.stop()
 
 
 def test_model_summary_cli():

@@ -8,9 +8,17 @@ JSON under that section and the next section runs):
 * ``train_bf16``         training steps (Adam 1e-3, BCE with logits, bf16 autocast) at
                          batch 8: volumes/s and peak memory, without and with activation
                          checkpointing (``memory_efficient``);
+* ``ours_fp32``          :func:`covidnet_paper` eager fp32 (cuDNN's default TF32 for convolutions):
+                         inference at batch 1 and 8 and a training step at batch 8, the
+                         same-precision counterpart of the baseline;
 * ``monai_fp32``         the baseline: MONAI's ``DenseNet264(spatial_dims=3, in_channels=1,
                          out_channels=1, norm="instance")`` eager fp32: inference latency at
                          batch 1 and 8 and a training step at batch 8;
+* ``norm_variants``      the paper network's affine instance norms run as one group norm of C
+                         groups (what the model does without autograd), as torch's
+                         ``InstanceNorm3d`` (what it does with autograd), and without affine
+                         parameters (MONAI's form): bf16 inference at batch 1 and 8 and a bf16
+                         training step at batch 8 each;
 * ``infer_bf16_compile`` the first section again through ``torch.compile`` (first-call
                          compile time reported apart); last, so the time budget cuts it first.
 
@@ -23,7 +31,7 @@ features, input 1x32x64x64, batches 1 and 2, 1 iteration, ``torch.compile`` with
 ``eager`` backend) and runs on CPU when no GPU is present: a check that the script works,
 in seconds; its numbers mean nothing.
 
-Prints JSON. Usage: ``python benchmarks/gpu.py [--dry-run] [--iters 5] [--budget-s 270]``
+Prints JSON. Usage: ``python benchmarks/gpu.py [--dry-run] [--iters 5] [--budget-s 270] [--out FILE]``
 """
 
 from __future__ import annotations
@@ -78,6 +86,33 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def _ratios(sections: dict[str, Any]) -> dict[str, float | None]:
+    """MONAI fp32 time over ours (same precision, same run) and ours fp32 over ours bf16."""
+
+    def t(section: str, *keys: str) -> float | None:
+        node: Any = sections.get(section, {})
+        for k in keys:
+            node = node.get(k, {}) if isinstance(node, dict) else {}
+        return node if isinstance(node, (int, float)) else None
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a and b else None
+
+    return {
+        "monai_over_ours_fp32_infer_batch1": ratio(t("monai_fp32", "batch1", "median_s"), t("ours_fp32", "batch1", "median_s")),
+        "monai_over_ours_fp32_train": ratio(t("monai_fp32", "train", "median_s"), t("ours_fp32", "train", "median_s")),
+        "fp32_over_bf16_infer_batch8": ratio(t("ours_fp32", "batch8", "median_s"), t("infer_bf16_eager", "batch8", "median_s")),
+        "fp32_over_bf16_train": ratio(t("ours_fp32", "train", "median_s"), t("train_bf16", "plain", "median_s")),
+        "instancenorm_over_groupnorm_infer_batch1": ratio(t("norm_variants", "instancenorm_affine", "batch1", "median_s"),
+                                                        t("norm_variants", "group_norm", "batch1", "median_s")),
+        "instancenorm_over_groupnorm_infer_batch8": ratio(t("norm_variants", "instancenorm_affine", "batch8", "median_s"),
+                                                        t("norm_variants", "group_norm", "batch8", "median_s")),
+        "instancenorm_over_groupnorm_train": ratio(t("norm_variants", "instancenorm_affine", "train", "median_s"),
+                                                 t("norm_variants", "group_norm", "train", "median_s")),
+        "checkpointed_over_plain_train": ratio(t("train_bf16", "checkpointed", "median_s"), t("train_bf16", "plain", "median_s")),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dry-run", action="store_true", help="shrink everything; runs on CPU in seconds")
@@ -85,6 +120,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default: %(default)s)")
     ap.add_argument("--budget-s", type=float, default=270.0,
                     help="skip sections starting after this many seconds (default: %(default)s)")
+    ap.add_argument("--sections", default=None,
+                    help="comma-separated sections to run, in that order (default: all, in the order above)")
+    ap.add_argument("--out", default=None, help="also rewrite the JSON to this file after each section, "
+                    "so a run cut short by a time limit keeps what it measured")
     args = ap.parse_args()
 
     from covidnet.model import count_flops, covidnet_paper
@@ -179,6 +218,12 @@ def main() -> None:
             _reset_memory(device)
         return res
 
+    def ours_fp32() -> dict[str, Any]:
+        model = paper().eval()
+        res = inference(model, bf16=False)
+        res["train"] = train(model, bf16=False)
+        return res
+
     def monai_fp32() -> dict[str, Any]:
         from monai.networks.nets import DenseNet, DenseNet264
 
@@ -192,9 +237,38 @@ def main() -> None:
         res["train"] = train(ref, bf16=False)
         return res
 
+    def norm_variants() -> dict[str, Any]:
+        from covidnet.model import _InstanceNorm3d
+
+        class GroupNormAlways(_InstanceNorm3d):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return torch.nn.functional.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
+
+        def swapped(cls: type) -> Callable[[], torch.nn.Module]:
+            def build() -> torch.nn.Module:
+                model = paper()
+                for m in model.modules():
+                    if isinstance(m, _InstanceNorm3d):
+                        m.__class__ = cls  # same parameters, another forward
+                return model
+            return build
+
+        res = {}
+        for label, build in (("group_norm", swapped(GroupNormAlways)),
+                             ("instancenorm_affine", swapped(torch.nn.InstanceNorm3d)),
+                             ("no_affine", lambda: paper(norm_affine=False))):
+            res[label] = inference(build().eval(), bf16=True)
+            res[label]["train"] = train(build(), bf16=True)
+        return res
+
     # compile last: its compile time is the least predictable, and the budget then cuts it, not the baseline
-    sections = {"infer_bf16_eager": infer_eager, "train_bf16": train_both, "monai_fp32": monai_fp32,
-                "infer_bf16_compile": infer_compile}
+    sections = {"infer_bf16_eager": infer_eager, "train_bf16": train_both, "ours_fp32": ours_fp32,
+                "monai_fp32": monai_fp32, "norm_variants": norm_variants, "infer_bf16_compile": infer_compile}
+    if args.sections:
+        unknown = sorted(set(args.sections.split(",")) - set(sections))
+        if unknown:
+            ap.error(f"--sections: unknown {unknown}; choose from {sorted(sections)}")
+        sections = {k: sections[k] for k in args.sections.split(",")}  # in the order given
     for name, fn in sections.items():
         elapsed = time.perf_counter() - start
         if elapsed > args.budget_s:
@@ -207,8 +281,12 @@ def main() -> None:
             out["sections"][name] = {"error": f"{type(exc).__name__}: {exc}"[:500],
                                      "where": traceback.format_exc(limit=-2)[-500:]}
         out["sections"][name]["section_s"] = round(time.perf_counter() - t0, 1)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(out, f, indent=2)
         _reset_memory(device)
         gc.collect()
+    out["ratios"] = _ratios(out["sections"])
     out["total_s"] = round(time.perf_counter() - start, 1)
     print(json.dumps(out, indent=2))
 

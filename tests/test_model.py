@@ -265,3 +265,32 @@ def test_group_norm_channel_plan_matches_built_model():
         model = builder(**SMALL, norm="group", groups=2)
         built = [(n, m.num_channels) for n, m in model.named_modules() if isinstance(m, torch.nn.GroupNorm)]
         assert _normed_channels(model.config) == built
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_instance_norm_fast_path_equals_torch_instance_norm(channels_last, monkeypatch):
+    """Without autograd the affine instance norm runs as a group norm of C groups: same numbers,
+    same state-dict keys as torch.nn.InstanceNorm3d; with autograd on, torch's own path."""
+    from covidnet.model import _InstanceNorm3d
+
+    torch.manual_seed(0)
+    ours = _InstanceNorm3d(6, affine=True)
+    torch.nn.init.normal_(ours.weight)
+    torch.nn.init.normal_(ours.bias)
+    ref = torch.nn.InstanceNorm3d(6, affine=True)
+    ref.load_state_dict(ours.state_dict())
+    assert set(ours.state_dict()) == set(ref.state_dict()) == {"weight", "bias"}
+    x = torch.randn(3, 6, 4, 5, 7) * 3 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    calls = []
+    group_norm = torch.nn.functional.group_norm
+    monkeypatch.setattr(torch.nn.functional, "group_norm", lambda *a, **k: calls.append(1) or group_norm(*a, **k))
+    with torch.no_grad():
+        fast = ours(x)
+    assert calls == [1]
+    torch.testing.assert_close(fast, ref(x), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(fast, torch.nn.functional.instance_norm(x), atol=1e-3)  # affine applied
+    y = ours(x.clone().requires_grad_())
+    assert calls == [1]  # autograd on: torch's instance norm
+    torch.testing.assert_close(y.detach(), fast, rtol=1e-5, atol=1e-5)

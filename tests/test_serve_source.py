@@ -25,7 +25,7 @@ import yaml
 from covidnet.evaluate import EvaluateParams, evaluate_model
 from covidnet.params import ParamsError, load_params, section
 from covidnet.promote import CHAMPION, PromoteParams, promote
-from covidnet.serve import ServeParams, load_bundle
+from covidnet.serve import ServeParams, load_bundle, weights_digest
 from covidnet.serve_client import predict
 from covidnet.serve_source import ModelSourceError, fetch_model, parse_model_uri
 from covidnet.tracking import MlflowParams
@@ -138,6 +138,8 @@ def test_champion_by_alias_has_the_registry_version_calibrator_and_threshold(reg
     bundle = load_bundle(source, load_params(registry["params"]))
     assert bundle.calibrator.kind == "temperature" and bundle.threshold == THRESHOLD
     assert bundle.model["version"] == "1" and bundle.model["name"] == NAME
+    # the weights' digest ties the registry version to the folder train wrote (what a plain folder reports)
+    assert bundle.model["weights"] == weights_digest(registry["tmp"] / "model")
     assert fetch_model(f"models:/{NAME}/1", registry["tracking_uri"]).run_id == registry["run_id"]
 
 

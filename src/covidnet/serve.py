@@ -237,7 +237,8 @@ def load_bundle(source, params: dict[str, Any], name: str | None = None) -> Bund
     else:
         threshold, threshold_from = float(params["evaluate"]["threshold"]), "evaluate.threshold"
     model = {"name": src.name or card.get("name", name or sp.model_name),
-             "version": src.version or model_version(model_dir, card), "uri": src.uri, "alias": src.alias,
+             "version": src.version or model_version(model_dir, card), "weights": weights_digest(model_dir),
+             "uri": src.uri, "alias": src.alias,
              "mlflow_run_id": src.run_id or card.get("mlflow_run_id"), "synthetic": card.get("synthetic"),
              "calibrator": calibrator.kind, "threshold_from": threshold_from}
     log.info("loaded %s version %s from %s (calibrator %s, threshold %g from %s)", model["name"], model["version"],
@@ -269,11 +270,15 @@ def results(logits: np.ndarray, bundle: Bundle, infos: list[dict]) -> list[dict]
 
 
 def model_version(model_dir: Path | str, card: dict) -> str:
-    """The card's ``version`` if a registry set one, else ``sha256:`` of the weights (12 hex)."""
+    """The card's ``version`` if a registry set one, else :func:`weights_digest`."""
     if card.get("version"):
         return str(card["version"])
-    digest = hashlib.sha256((Path(model_dir) / "weights.pt").read_bytes()).hexdigest()
-    return f"sha256:{digest[:12]}"
+    return weights_digest(model_dir)
+
+
+def weights_digest(model_dir: Path | str) -> str:
+    """``sha256:`` of the folder's ``weights.pt`` (12 hex): the same for a folder and its registered version."""
+    return "sha256:" + hashlib.sha256((Path(model_dir) / "weights.pt").read_bytes()).hexdigest()[:12]
 
 
 def answer(score: float, probability: float, threshold: float, model: dict, info: dict | None) -> dict:

@@ -1,0 +1,159 @@
+"""Training in one pod: how many processes, the torchrun command, and checkpoints that survive a retried task.
+
+The slow tests run the pipeline's ``train`` component (``.python_func``) on tiny toy tensors
+of the tiny profile's shape: under torchrun with 2 CPU processes (gloo), and killed mid-run
+then retried with a checkpoint folder.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from covidnet.distributed import checkpoint_key, resolve_nproc, torchrun_command, train_command, train_in_pod
+from covidnet.params import ParamsError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_resolve_nproc_on_a_cpu():
+    """This machine has no GPU: auto is one process; a count is taken as given (gloo)."""
+    assert resolve_nproc("auto") == 1 and resolve_nproc("auto", "cpu") == 1
+    assert resolve_nproc("2") == 2 and resolve_nproc(3, "cpu") == 3
+    for bad in ("0", "many", 0, -1, "1.5", True):
+        with pytest.raises(ParamsError, match=r"nproc_per_node: .* is neither 'auto' nor a process count >= 1"):
+            resolve_nproc(bad)
+    with pytest.raises(ParamsError, match="train.device: 'cuda' but this pod sees no GPU"):
+        resolve_nproc("1", "cuda")
+
+
+def test_torchrun_command():
+    args = train_command("/w/params.yaml", "paper", "/w/pre", "/w/model", "/w/ckpt", "/w/report")
+    one = torchrun_command(1, 4, args)
+    assert one[:4] == ["torchrun", "--nnodes=1", "--nproc-per-node=4", "--standalone"]
+    assert one[4:] == ["-m", "covidnet.cli", "train", "--params", "/w/params.yaml", "--profile", "paper",
+                       "--preprocessed", "/w/pre", "--out", "/w/model", "--checkpoints", "/w/ckpt", "--report",
+                       "/w/report", "--resume", "auto", "-q"]
+    assert "--standalone" not in torchrun_command(2, 4, args)  # the operator's PET_* variables give the rendezvous
+    with pytest.raises(ValueError, match="nproc_per_node >= 1"):
+        torchrun_command(1, 0, args)
+
+
+def test_checkpoint_key_follows_the_inputs():
+    key = checkpoint_key("a: 1\n", "tiny", "sha256:abc")
+    assert key == checkpoint_key("a: 1\n", "tiny", "sha256:abc") and key.startswith("train-")
+    assert len({key, checkpoint_key("a: 2\n", "tiny", "sha256:abc"), checkpoint_key("a: 1\n", "paper", "sha256:abc"),
+                checkpoint_key("a: 1\n", "tiny", "sha256:abd")}) == 4
+
+
+def test_only_a_folder_is_a_checkpoint_location(tmp_path):
+    from covidnet.pipeline import stage_params
+    from covidnet.stages import Paths
+
+    text = (REPO / "params.yaml").read_text()
+    params = stage_params(text, "tiny")
+    with pytest.raises(ParamsError, match=r"checkpoint_dir: 's3://bucket/ckpt': only a folder of the pod"):
+        train_in_pod(params, text, Paths.from_params(params), checkpoint_dir="s3://bucket/ckpt")
+
+
+def _project(tmp: Path, epochs: int) -> str:
+    """Tiny toy tensors in tmp/pre and the params text (tiny profile, MLflow in tmp)."""
+    rng = np.random.default_rng(0)
+    (tmp / "pre" / "tensors").mkdir(parents=True)
+    rows = []
+    for split, n in (("train", 12), ("val", 4)):
+        for i in range(n):
+            label = "covid" if i % 2 == 0 else "non_covid"
+            x = rng.normal(0.3, 0.05, size=(1, 8, 24, 24)).astype(np.float16)
+            if label == "covid":
+                x[0, 4:8, 14:22, 2:10] += 0.4
+            np.save(tmp / "pre" / "tensors" / f"{split}{i}.npy", x)
+            rows.append({"scan_id": f"{split}{i}", "label": label, "split": split, "path": f"tensors/{split}{i}.npy"})
+    pd.DataFrame(rows).to_csv(tmp / "pre" / "index.csv", index=False)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["profiles"]["tiny"]["train"].update(epochs=epochs, batch_size=4)
+    raw["mlflow"].update(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", artifact_root=str(tmp / "mlruns"))
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+def _artifacts(tmp: Path, tag: str) -> dict:
+    from kfp import dsl
+
+    return {"preprocessed": dsl.Dataset(name="pre", uri=str(tmp / "pre")),
+            "model": dsl.Model(name="model", uri=str(tmp / tag / "model")),
+            "train_report": dsl.Dataset(name="report", uri=str(tmp / tag / "report")),
+            "train_metrics": dsl.Metrics(name="metrics", uri=str(tmp / tag / "metrics"))}
+
+
+@pytest.mark.slow
+def test_train_component_runs_torchrun_over_two_processes(tmp_path, monkeypatch):
+    from components.stages import train
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    text = _project(tmp_path, epochs=2)
+    art = _artifacts(tmp_path, "two")
+    train.python_func(params_yaml=text, profile="tiny", nproc_per_node="2", checkpoint_dir="", **art)
+    assert art["model"].metadata["processes"] == 2
+    card = yaml.safe_load((tmp_path / "two" / "model" / "model.json").read_text())
+    assert card["config"]["world_size"] == 2 and art["model"].metadata["mlflow_run_id"] == card["mlflow_run_id"]
+    assert art["train_metrics"].metadata["epochs_run"] == 2
+    import mlflow
+
+    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(card["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_retried_train_task_resumes_from_the_checkpoint_dir(tmp_path, monkeypatch):
+    """A train task killed mid-run (SIGKILL, as when a pod is evicted), retried with the same inputs, resumes."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    text = _project(tmp_path, epochs=5)
+    ckpt = tmp_path / "pvc"
+    driver = (
+        "import sys, yaml; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"
+        "from kfp import dsl; from components.stages import train\n"
+        "t = Path(sys.argv[2]); text = Path(sys.argv[3]).read_text()\n"
+        "train.python_func(params_yaml=text, profile='tiny', checkpoint_dir=sys.argv[4],\n"
+        "    preprocessed=dsl.Dataset(name='p', uri=str(t / 'pre')), model=dsl.Model(name='m', uri=str(t / 'a/model')),\n"
+        "    train_report=dsl.Dataset(name='r', uri=str(t / 'a/report')), train_metrics=dsl.Metrics(name='x', uri=str(t / 'a/m')))\n")
+    (tmp_path / "params.yaml").write_text(text)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-c", driver, str(REPO), str(tmp_path), str(tmp_path / "params.yaml"),
+                             str(ckpt)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    from covidnet.train import load_checkpoint
+
+    deadline = time.time() + 300
+    last = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(ckpt.glob("train-*/last.pt"))
+        if found and load_checkpoint(found[0])["epoch"] >= 2:
+            last = found[0]
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert last is not None and proc.returncode == -signal.SIGKILL, "the first try finished before it could be killed"
+    killed_after = load_checkpoint(last)["epoch"]
+    assert not (tmp_path / "a" / "model").exists()  # the killed try left no model
+
+    from covidnet.pipeline import stage_params
+    from covidnet.stages import Paths
+
+    params = stage_params(text, "tiny")
+    paths = Paths.from_params(params, preprocessed=tmp_path / "pre", model=tmp_path / "b/model",
+                              train_report=tmp_path / "b/report")
+    retried = train_in_pod(params, text, paths, checkpoint_dir=str(ckpt))
+    assert retried.checkpoints == last.parent and retried.resumed_from == killed_after >= 2
+    assert yaml.safe_load((tmp_path / "b/model/model.json").read_text())["epochs_run"] == 5
+
+    afresh = train_in_pod(params, text, Paths.from_params(params, preprocessed=tmp_path / "pre",
+                                                          model=tmp_path / "c/model", train_report=tmp_path / "c/r"))
+    assert afresh.checkpoints is None and afresh.resumed_from == 0 and afresh.run_id != retried.run_id

@@ -8,8 +8,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 RUN apt-get update && apt-get install -y --no-install-recommends git && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/covidnet
 
-# torch first, pinned: the CPU wheel (an unpinned torch pulled in by another package is a CUDA build).
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+# torch first, pinned (an unpinned torch pulled in by another package could be another build). The default
+# index's Linux wheel bundles CUDA and runs on CPUs too; for a much smaller CPU-only image, pass PyTorch's
+# CPU wheel index: docker build --build-arg TORCH_INDEX_URL=<CPU wheel index URL> ...
+ARG TORCH_INDEX_URL=""
+RUN pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0
 COPY requirements.lock ./
 RUN pip install -r requirements.lock
 COPY pyproject.toml README.md params.yaml ./

@@ -307,3 +307,23 @@ def test_launcher_without_the_pvc_mounted_says_so(tmp_path):
     with pytest.raises(LaunchError, match=r"not-mounted: the PVC 'covidnet-workspace' is not mounted here"):
         train_with_pytorchjob(stage_params(text, "tiny"), text, tmp_path / "pre", tmp_path / "m", tmp_path / "r",
                               api=FakeCluster())
+
+
+def test_workspace_manifests_are_kubernetes_objects():
+    """pipelines/pytorchjob-workspace.yaml: the PVC params name, and the launcher's right to manage PyTorchJobs."""
+    import kubernetes.client as k8s
+
+    docs = list(yaml.safe_load_all((REPO / "pipelines" / "pytorchjob-workspace.yaml").read_text()))
+    client = k8s.ApiClient()
+    objs = {}
+    for doc in docs:
+        obj = client.deserialize(_Response(doc), f"V1{doc['kind']}")
+        assert client.sanitize_for_serialization(obj) == doc, f"{doc['kind']}: a field the client does not know"
+        objs[doc["kind"]] = obj
+    pvc = objs["PersistentVolumeClaim"]
+    assert pvc.metadata.name == SETTINGS.pytorchjob.pvc and pvc.spec.access_modes == ["ReadWriteMany"]
+    (rule,) = objs["Role"].rules
+    assert rule.api_groups == ["kubeflow.org"] and "pytorchjobs" in rule.resources
+    assert {"create", "get", "delete"} <= set(rule.verbs)
+    binding = objs["RoleBinding"]
+    assert binding.role_ref.name == objs["Role"].metadata.name and binding.subjects[0].kind == "ServiceAccount"

@@ -39,7 +39,10 @@ def lesion_sample(files: pd.DataFrame, root: Path | str, shape: tuple[int, int],
 
     take = np.unique(np.linspace(0, len(files) - 1, min(len(files), params.lesion_max_slices)).round().astype(int))
     step = max(1, -(-max(shape) // params.lesion_max_px))
-    return np.stack([read_volume_hu(files.iloc[[i]], root, shape)[0, ::step, ::step] for i in take])
+    out = np.empty((len(take), -(-shape[0] // step), -(-shape[1] // step)), np.float32)
+    for j, i in enumerate(take):  # a strided view would keep its whole slice alive: copy into out
+        out[j] = read_volume_hu(files.iloc[[i]], root, shape)[0, ::step, ::step]
+    return out
 
 
 def lung_abnormality(hu: np.ndarray, body_hu: float, params: ServeParams) -> dict[str, float | int | None]:

@@ -86,11 +86,9 @@ def test_manifest_args_parse_with_the_server_parser():
     for kind in MANIFESTS:
         raw = yaml.safe_load(MANIFESTS[kind].read_text())
         args = raw["spec"]["predictor"]["containers"][0]["args"]
-        code = ("import sys, argparse; sys.argv = ['x'];"
-                "import kserve; sys.path.insert(0, 'serving'); import covidnet_model as m;"
-                "p = argparse.ArgumentParser(parents=[kserve.model_server.parser]);"
-                "p.add_argument('--model_dir'); p.add_argument('--params'); p.add_argument('--profile');"
-                f"a, rest = p.parse_known_args({args!r}); assert not rest, rest; print(a.model_dir, a.profile)")
+        code = ("import sys; sys.argv = ['x'];"
+                "sys.path.insert(0, 'serving'); import covidnet_model as m;"
+                f"a, rest = m.build_parser().parse_known_args({args!r}); assert not rest, rest; print(a.model_dir, a.profile)")
         r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
         assert r.stdout.split()[0] == "/mnt/models"

@@ -61,9 +61,9 @@ class PipelineEntry:
 #: The pipelines ``covidnet pipeline compile|run|submit --pipeline NAME`` knows (add one per line).
 PIPELINES: dict[str, PipelineEntry] = {
     "covidnet": PipelineEntry("pipelines.covidnet_pipeline", "covidnet", "covidnet_pipeline.yaml",
-                              "the cohort from a DVC repo at a git revision; train in one pod (torchrun over its GPUs)"),
+                              "the cohort from a DVC repo at a git revision; train in one pod, torchrun over its GPUs"),
     "covidnet-synthetic": PipelineEntry("pipelines.covidnet_pipeline", "covidnet_synthetic",
-                                        "covidnet_synthetic_pipeline.yaml", "a SYNTHETIC cohort (the demo)"),
+                                        "covidnet_synthetic_pipeline.yaml", "a SYNTHETIC cohort, the demo"),
     "covidnet-pytorchjob": PipelineEntry("pipelines.covidnet_pipeline", "covidnet_pytorchjob",
                                          "covidnet_pytorchjob_pipeline.yaml",
                                          "as covidnet, training across nodes as a Kubeflow PyTorchJob"),

@@ -17,6 +17,7 @@ from kserve import InferOutput, InferRequest, InferResponse
 from kserve.errors import InvalidInput
 
 from covidnet import serve as core
+from covidnet.monitor_serving import ServingMonitor, request_hospital
 from covidnet.params import load_params, section
 from covidnet.predict import score
 from covidnet.serve_http import BodyLimit
@@ -34,6 +35,7 @@ class COVIDNetModel(kserve.Model):
     def load(self) -> bool:
         self.source = fetch_model(self.model_uri, mlflow_params(self.params).tracking_uri)
         self.bundle = core.load_bundle(self.source, self.params, self.name)
+        self.monitor = ServingMonitor.open(self.params, self.bundle)  # log unreachable: raises, never ready
         score(self.bundle.net, [torch.zeros((1, *self.bundle.shape))], self.bundle.device)  # warm-up
         self.ready = True
         return self.ready
@@ -48,14 +50,17 @@ class COVIDNetModel(kserve.Model):
         except core.ServeInputError as exc:
             raise InvalidInput(str(exc)) from None
         return {"x": np.stack([s.tensor for s in studies]), "info": [s.info for s in studies],
-                "v2": isinstance(payload, InferRequest), "id": getattr(payload, "id", None)}
+                "v2": isinstance(payload, InferRequest), "id": getattr(payload, "id", None),
+                "hospital": request_hospital(payload)}
 
     async def predict(self, payload: dict, headers=None) -> dict:
         logits, _ = await asyncio.to_thread(score, self.bundle.net, [torch.from_numpy(payload["x"])], self.bundle.device)
         return {**payload, "logits": logits}
 
-    def postprocess(self, result: dict, headers=None, response_headers=None):
+    async def postprocess(self, result: dict, headers=None, response_headers=None):
         out = core.results(result["logits"], self.bundle, result["info"])  # the per-study answers
+        # Logged (committed) and counted before the answer leaves; a failed write fails the request.
+        await asyncio.to_thread(self.monitor.record, out, result["info"], result["id"], result["hospital"])
         if not result["v2"]:
             return {"predictions": out}
         n = [len(out)]

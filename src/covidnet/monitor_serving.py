@@ -1,0 +1,98 @@
+"""What the model server does for monitoring: log every answered study, count it, watch drift.
+
+The KServe model (``serving/covidnet_model.py``) opens a :class:`ServingMonitor` in
+``load()``: the prediction log (:mod:`covidnet.predlog`; a database that cannot be reached
+raises :class:`covidnet.predlog.PredLogError`, so the model never becomes ready and KServe
+does not start: no unlogged prediction is ever served), the model's reference profile (from
+the served model folder, :mod:`covidnet.reference`) and the Prometheus series
+(:mod:`covidnet.monitor_metrics`, in the registry KServe's ``/metrics`` serves), whose rolling
+drift window is filled from the log's last rows of this model version.
+
+Per request, :meth:`ServingMonitor.record` appends one row per answered study in one committed
+transaction and then updates the metrics; the server calls it before the response is sent,
+so an answer the client sees is always in the log. The hospital is the request's
+``hospital`` parameter (:func:`request_hospital`), else each study's DICOM InstitutionName.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from covidnet.predlog import Prediction, PredictionLog, PredLogError, predictions_from_answers
+
+log = logging.getLogger(__name__)
+
+
+def request_hospital(payload: Any) -> str | None:
+    """The ``hospital`` request parameter: V2 ``parameters.hospital``, or V1 ``{"parameters": {"hospital": ...}}``."""
+    params = getattr(payload, "parameters", None) if not isinstance(payload, dict) else payload.get("parameters")
+    if not isinstance(params, dict):
+        return None
+    value = params.get("hospital")
+    value = getattr(value, "string_param", value)  # a gRPC InferParameter
+    if value is None or not str(value).strip():
+        return None
+    return str(value).strip()
+
+
+class ServingMonitor:
+    """The prediction log and the metrics of one served model.
+
+    Args:
+        plog: the open prediction log (with its hash key).
+        metrics: the model's :class:`covidnet.monitor_metrics.MonitorMetrics`.
+    """
+
+    def __init__(self, plog: PredictionLog, metrics) -> None:
+        self.log = plog
+        self.metrics = metrics
+
+    @classmethod
+    def open(cls, params: dict[str, Any], bundle, registry=None) -> "ServingMonitor":
+        """Open the log and set up the metrics for a loaded :class:`covidnet.serve.Bundle`.
+
+        Raises:
+            PredLogError: the log's database cannot be reached, or no hash key (the server must
+                not become ready).
+        """
+        from covidnet.monitor import monitor_params
+        from covidnet.monitor_metrics import MonitorMetrics
+        from covidnet.reference import ReferenceError, load_reference
+
+        mp = monitor_params(params)
+        try:
+            plog = PredictionLog.from_params(params)
+        except PredLogError:
+            log.error("the prediction log cannot be opened: refusing readiness (no prediction is served unlogged)")
+            raise
+        try:
+            reference = load_reference(bundle.model_dir)
+        except ReferenceError as exc:
+            log.warning("no reference profile, so no drift gauges on /metrics: %s", exc)
+            reference = None
+        name, version = str(bundle.model["name"]), str(bundle.model["version"])
+        metrics = MonitorMetrics(name, version, reference, mp, registry)
+        seeded = metrics.seed(plog.recent(mp.metrics_window, name, version))
+        log.info("prediction log %s open; drift window seeded with %d logged studies of %s %s", plog.url, seeded,
+                 name, version)
+        return cls(plog, metrics)
+
+    def record(self, answers: Sequence[dict], infos: Sequence[dict], request_id: str | None = None,
+               hospital: str | None = None) -> list[Prediction]:
+        """Log one request's answers (committed when this returns), then count them.
+
+        Raises:
+            PredLogError: the write failed; the request must fail rather than answer unlogged.
+        """
+        rows = predictions_from_answers(answers, infos, self.log.key, request_id or uuid.uuid4().hex, hospital)
+        self.log.append(rows)
+        self.metrics.observe(rows)
+        return rows
+
+    def close(self) -> None:
+        """Unregister the metrics and release the log's connections."""
+        self.metrics.close()
+        self.log.close()

@@ -1,0 +1,164 @@
+"""The prediction log and the metrics inside the real KServe server, over real HTTP on loopback.
+
+A tiny model is trained (as tests/test_train.py does, with preprocess's qc.csv so its card
+names a reference profile) and served by `covidnet serve` in a subprocess; studies are real
+DICOM files (tests/test_serving.py's helpers). The log is a real SQLite file, read back with
+:class:`covidnet.predlog.PredictionLog` after and across server restarts.
+"""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from covidnet.predlog import PredictionLog, hash_id
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_reference import _qc_csv  # noqa: E402
+from test_serving import NAME, _free_port, _post, _study  # noqa: E402
+from test_train import PRE, TINY, _cohort, _params, _paths  # noqa: E402
+
+from covidnet.serve_client import v2_zip_request, zip_folder  # noqa: E402
+
+pytestmark = pytest.mark.slow
+KEY = "monitor-test-key-0123456789abcdef"
+
+
+def _start(tmp: Path, params: Path, name: str):
+    """`covidnet serve` on a free port; returns (process, base URL, log file) once ready, or the process if it exits."""
+    port = _free_port()
+    log = tmp / f"{name}.log"
+    proc = subprocess.Popen([sys.executable, "-m", "covidnet.cli", "serve", "--port", str(port), "--model-dir",
+                             str(tmp / "model"), "--params", str(params)], cwd=tmp, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, env={**os.environ, "COVIDNET_HASH_KEY": KEY,
+                                                           "PYTHONUNBUFFERED": "1"})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{base}/v2/models/{NAME}/ready", timeout=2) as r:
+                if r.status == 200:
+                    return proc, base, log
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.3)
+    return proc, None, log
+
+
+def _stop(proc) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _metrics(base: str) -> dict:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    from covidnet.train import train_model
+
+    tmp = tmp_path_factory.mktemp("monitor-serve")
+    index = _cohort(tmp / "pre", n_train=4, n_val=2)
+    _qc_csv(index, tmp / "pre" / "qc.csv")
+    train_model(index, _paths(tmp), TINY, _params(epochs=1, batch_size=2),
+                {**PRE, "dtype": "float16", "body_hu": -500.0, "lung_hu": [-950.0, -400.0], "workers": 1},
+                progress=False)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["profile"] = "tiny"
+    params["paths"]["predlog"] = str(tmp / "log" / "predictions.db")
+    params["paths"]["calibrator"] = str(tmp / "calibrator.json")
+    params["monitor"]["log"]["allow_insecure_key"] = False  # the key comes from the environment
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params))
+    folders = [_study(tmp / "dicom", uid=f"c{i}", seed=i, noise=14.0, tissue=40.0, patient_id=f"PAT-{i}",
+                      institution="hospital_z") for i in range(8)]
+    return {"tmp": tmp, "params": tmp / "params.yaml", "db": tmp / "log" / "predictions.db", "studies": folders}
+
+
+def _rows(project):
+    plog = PredictionLog(f"sqlite:///{project['db']}", KEY.encode(), 30.0)
+    try:
+        return plog.predictions()
+    finally:
+        plog.close()
+
+
+def test_concurrent_requests_restart_and_metrics(project):
+    proc, base, log = _start(project["tmp"], project["params"], "first")
+    assert base, log.read_text()[-3000:]
+    try:
+        statuses = {}
+
+        def post(i: int) -> None:
+            body = v2_zip_request([zip_folder(project["studies"][i])])
+            if i % 2:
+                body["parameters"] = {"hospital": "clinic_x"}  # the request parameter wins over InstitutionName
+            statuses[i] = _post(f"{base}/v2/models/{NAME}/infer", body)
+
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(code == 200 for code, _ in statuses.values()), statuses
+        rows = _rows(project)
+        assert len(rows) == 8 and rows["request_id"].nunique() == 8
+        assert set(rows["patient_hash"]) == {hash_id(KEY.encode(), "patient", f"PAT-{i}") for i in range(8)}
+        assert sorted(rows["hospital"]) == ["clinic_x"] * 4 + ["hospital_z"] * 4
+        assert not rows["noise_hu"].isna().any() and set(rows["decision"]) <= {"covid19", "other_pneumonia"}
+        logged = json.loads({o["name"]: o for o in statuses[0][1]["outputs"]}["result"]["data"][0])
+        row = rows[rows["study_hash"] == hash_id(KEY.encode(), "study", logged["study_uid"])].iloc[0]
+        assert row["score"] == pytest.approx(logged["score"]) and row["model_version"] == logged["model"]["version"]
+        assert "PAT-" not in rows.to_string()  # no identifier in the clear
+
+        families = _metrics(base)
+        for name in ("covidnet_predictions", "covidnet_score", "covidnet_qc_checked", "covidnet_qc_out_of_range",
+                     "covidnet_drift_psi", "covidnet_drift_ks", "covidnet_drift_ks_pvalue", "covidnet_drift_window",
+                     "covidnet_drift_alarm"):
+            assert name in families, name
+        assert sum(s.value for s in families["covidnet_predictions"].samples if s.name.endswith("_total")) == 8
+        assert [s.value for s in families["covidnet_drift_window"].samples] == [8]
+    finally:
+        _stop(proc)
+
+    # A restart: the rows are still there, the drift window is seeded from them, new rows add up.
+    proc, base, log = _start(project["tmp"], project["params"], "second")
+    assert base, log.read_text()[-3000:]
+    try:
+        assert [s.value for s in _metrics(base)["covidnet_drift_window"].samples] == [8]
+        study = base64.b64encode(zip_folder(project["studies"][0])).decode()
+        code, _ = _post(f"{base}/v1/models/{NAME}:predict", {"instances": [{"b64": study}]})
+        assert code == 200
+        assert len(_rows(project)) == 9
+    finally:
+        _stop(proc)
+
+
+def test_unreachable_log_refuses_readiness(project, tmp_path):
+    """The log's database cannot be opened: the server says so and never becomes ready."""
+    params = yaml.safe_load(project["params"].read_text())
+    (tmp_path / "a_folder").mkdir()
+    params["monitor"]["log"]["url"] = f"sqlite:///{tmp_path / 'a_folder'}"  # a folder is no database
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "model").symlink_to(project["tmp"] / "model")
+    proc, base, log = _start(tmp_path, tmp_path / "params.yaml", "refused")
+    try:
+        assert base is None and proc.wait(timeout=60) != 0
+        text = log.read_text()
+        assert "cannot be reached" in text and "refusing readiness" in text, text[-3000:]
+    finally:
+        if proc.poll() is None:
+            _stop(proc)

@@ -60,7 +60,7 @@ def _train_in_pod(settings: Any, common: dict, preprocessed: Any, nproc_per_node
                                    size_limit=r.train_shm)
     if t.checkpoint_pvc:
         kubernetes.mount_pvc(task, pvc_name=t.checkpoint_pvc, mount_path=t.checkpoint_mount)
-    return task
+    return _secret(task, settings.secrets.mlflow)
 
 
 def _train_pytorchjob(settings: Any, common: dict, preprocessed: Any) -> dsl.PipelineTask:
@@ -111,8 +111,7 @@ def covidnet(settings: Any) -> Any:
         fetch = _fetch(settings, cohort_repo, cohort_revision)
         return _stages(settings, params_yaml, profile, min_auc_lower, min_sensitivity_lower, fetch.outputs["dicom"],
                        fetch.outputs["manifest"],
-                       lambda common, pre: _secret(_train_in_pod(settings, common, pre, nproc_per_node, checkpoint_dir),
-                                                   settings.secrets.mlflow))
+                       lambda common, pre: _train_in_pod(settings, common, pre, nproc_per_node, checkpoint_dir))
 
     return pipeline
 
@@ -129,8 +128,7 @@ def covidnet_synthetic(settings: Any) -> Any:
         synth = _limits(c.synth(params_yaml=params_yaml, profile=profile), settings)
         return _stages(settings, params_yaml, profile, min_auc_lower, min_sensitivity_lower, synth.outputs["dicom"],
                        synth.outputs["manifest"],
-                       lambda common, pre: _secret(_train_in_pod(settings, common, pre, nproc_per_node, checkpoint_dir),
-                                                   settings.secrets.mlflow))
+                       lambda common, pre: _train_in_pod(settings, common, pre, nproc_per_node, checkpoint_dir))
 
     return pipeline
 

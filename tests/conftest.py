@@ -52,3 +52,32 @@ def s3_server():
 def git_env(tmp_path_factory):
     """The environment for git and DVC in temporary repositories: an identity, the venv's tools, a private HOME."""
     return {**os.environ, **_GIT_ENV, "HOME": str(tmp_path_factory.mktemp("home"))}
+
+
+def _write_toy_tensors(root: Path, n_train: int = 12, n_val: int = 4, shape=(1, 8, 24, 24)) -> None:
+    """``root/index.csv`` and ``root/tensors/*.npy``: COVID-19 volumes carry a bright lower-posterior patch.
+
+    A learnable toy signal in the tiny profile's tensor shape, for tests of training launchers.
+    """
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    (root / "tensors").mkdir(parents=True)
+    rows = []
+    for split, n in (("train", n_train), ("val", n_val)):
+        for i in range(n):
+            label = "covid" if i % 2 == 0 else "non_covid"
+            x = rng.normal(0.3, 0.05, size=shape).astype(np.float16)
+            if label == "covid":
+                x[0, shape[1] // 2:, -10:-2, 2:10] += 0.4
+            np.save(root / "tensors" / f"{split}{i}.npy", x)
+            rows.append({"scan_id": f"{split}{i}", "patient_id": f"p{split}{i}", "label": label, "split": split,
+                         "path": f"tensors/{split}{i}.npy"})
+    pd.DataFrame(rows).to_csv(root / "index.csv", index=False)
+
+
+@pytest.fixture
+def toy_tensors():
+    """``toy_tensors(root, n_train=12, n_val=4)`` writes tiny toy tensors (see :func:`_write_toy_tensors`)."""
+    return _write_toy_tensors

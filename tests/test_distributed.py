@@ -12,8 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
@@ -63,20 +61,9 @@ def test_only_a_folder_is_a_checkpoint_location(tmp_path):
         train_in_pod(params, text, Paths.from_params(params), checkpoint_dir="s3://bucket/ckpt")
 
 
-def _project(tmp: Path, epochs: int) -> str:
+def _project(tmp: Path, epochs: int, toy_tensors) -> str:
     """Tiny toy tensors in tmp/pre and the params text (tiny profile, MLflow in tmp)."""
-    rng = np.random.default_rng(0)
-    (tmp / "pre" / "tensors").mkdir(parents=True)
-    rows = []
-    for split, n in (("train", 12), ("val", 4)):
-        for i in range(n):
-            label = "covid" if i % 2 == 0 else "non_covid"
-            x = rng.normal(0.3, 0.05, size=(1, 8, 24, 24)).astype(np.float16)
-            if label == "covid":
-                x[0, 4:8, 14:22, 2:10] += 0.4
-            np.save(tmp / "pre" / "tensors" / f"{split}{i}.npy", x)
-            rows.append({"scan_id": f"{split}{i}", "label": label, "split": split, "path": f"tensors/{split}{i}.npy"})
-    pd.DataFrame(rows).to_csv(tmp / "pre" / "index.csv", index=False)
+    toy_tensors(tmp / "pre")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["profiles"]["tiny"]["train"].update(epochs=epochs, batch_size=4)
     raw["mlflow"].update(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", artifact_root=str(tmp / "mlruns"))
@@ -93,12 +80,12 @@ def _artifacts(tmp: Path, tag: str) -> dict:
 
 
 @pytest.mark.slow
-def test_train_component_runs_torchrun_over_two_processes(tmp_path, monkeypatch):
+def test_train_component_runs_torchrun_over_two_processes(tmp_path, monkeypatch, toy_tensors):
     from components.stages import train
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    text = _project(tmp_path, epochs=2)
+    text = _project(tmp_path, 2, toy_tensors)
     art = _artifacts(tmp_path, "two")
     train.python_func(params_yaml=text, profile="tiny", nproc_per_node="2", checkpoint_dir="", **art)
     assert art["model"].metadata["processes"] == 2
@@ -112,10 +99,10 @@ def test_train_component_runs_torchrun_over_two_processes(tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-def test_a_retried_train_task_resumes_from_the_checkpoint_dir(tmp_path, monkeypatch):
+def test_a_retried_train_task_resumes_from_the_checkpoint_dir(tmp_path, monkeypatch, toy_tensors):
     """A train task killed mid-run (SIGKILL, as when a pod is evicted), retried with the same inputs, resumes."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    text = _project(tmp_path, epochs=5)
+    text = _project(tmp_path, 5, toy_tensors)
     ckpt = tmp_path / "pvc"
     driver = (
         "import sys, yaml; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"

@@ -15,8 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
@@ -245,26 +243,8 @@ def test_launcher_names_a_refused_creation():
         _launch(Forbidden())
 
 
-def _tensors(root: Path) -> None:
-    """Tiny (1, 8, 24, 24) tensors, a learnable toy signal: the tiny profile's shape."""
-    rng = np.random.default_rng(0)
-    (root / "tensors").mkdir(parents=True)
-    rows = []
-    for split, n in (("train", 8), ("val", 4)):
-        for i in range(n):
-            label = "covid" if i % 2 == 0 else "non_covid"
-            x = rng.normal(0.3, 0.05, size=(1, 8, 24, 24)).astype(np.float16)
-            if label == "covid":
-                x[0, 4:8, 14:22, 2:10] += 0.4
-            sid = f"{split}{i}"
-            np.save(root / "tensors" / f"{sid}.npy", x)
-            rows.append({"scan_id": sid, "patient_id": f"p{sid}", "label": label, "split": split,
-                         "path": f"tensors/{sid}.npy"})
-    pd.DataFrame(rows).to_csv(root / "index.csv", index=False)
-
-
 @pytest.mark.slow
-def test_train_with_pytorchjob_end_to_end_on_a_stand_in_cluster(tmp_path, monkeypatch):
+def test_train_with_pytorchjob_end_to_end_on_a_stand_in_cluster(tmp_path, monkeypatch, toy_tensors):
     """The pipeline's launcher: tensors to the 'PVC', the job's Master command run for real, the model copied back."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     raw = yaml.safe_load(PARAMS.read_text())
@@ -275,7 +255,7 @@ def test_train_with_pytorchjob_end_to_end_on_a_stand_in_cluster(tmp_path, monkey
 
     params = stage_params(text, "tiny")
     (tmp_path / "workspace").mkdir()
-    _tensors(tmp_path / "pre")
+    toy_tensors(tmp_path / "pre", n_train=8)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cluster = FakeCluster(run_master=True, secrets={"covidnet-mlflow": {
         "MLFLOW_TRACKING_URI": uri, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}})
@@ -297,13 +277,13 @@ def test_train_with_pytorchjob_end_to_end_on_a_stand_in_cluster(tmp_path, monkey
     assert second.name == result.name and second.run_id == result.run_id  # the logged run is reused, not retrained
 
 
-def test_launcher_without_the_pvc_mounted_says_so(tmp_path):
+def test_launcher_without_the_pvc_mounted_says_so(tmp_path, toy_tensors):
     raw = yaml.safe_load(PARAMS.read_text())
     raw["pipeline"]["pytorchjob"]["mount_path"] = str(tmp_path / "not-mounted")
     text = yaml.safe_dump(raw, sort_keys=False)
     from covidnet.pipeline import stage_params
 
-    _tensors(tmp_path / "pre")
+    toy_tensors(tmp_path / "pre")
     with pytest.raises(LaunchError, match=r"not-mounted: the PVC 'covidnet-workspace' is not mounted here"):
         train_with_pytorchjob(stage_params(text, "tiny"), text, tmp_path / "pre", tmp_path / "m", tmp_path / "r",
                               api=FakeCluster())

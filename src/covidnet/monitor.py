@@ -42,10 +42,13 @@ class FeedbackParams:
     """The ``monitor.feedback`` section of params.yaml."""
 
     pcr_max_days: int                  # a PCR result labels its patient's predictions within this many days
+    window_days: float                 # `covidnet monitor performance` default window: the last N days
 
     def __post_init__(self) -> None:
         if self.pcr_max_days < 0:
             raise ParamsError(f"monitor.feedback.pcr_max_days must be >= 0, got {self.pcr_max_days!r}")
+        if not self.window_days > 0:
+            raise ParamsError(f"monitor.feedback.window_days must be > 0, got {self.window_days!r}")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--since", default=None, help="window start, ISO 8601 (default: --hours before --until)")
     parser.add_argument("--until", default=None, help="window end, ISO 8601, exclusive (default: now)")
     parser.add_argument("--hours", type=float, default=None,
-                        help="window length when --since is not given (default: monitor.drift.window_hours)")
+                        help="window length when --since is not given (default: drift monitor.drift.window_hours, "
+                             "performance 24 x monitor.feedback.window_days)")
     parser.add_argument("--model", type=Path, action="append", default=None,
                         help="drift: a model folder holding a reference profile (repeatable; default: paths.model)")
     parser.add_argument("--no-mlflow", action="store_true",

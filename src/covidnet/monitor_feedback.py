@@ -291,7 +291,7 @@ def run_performance(params: dict[str, Any], since: str | None = None, until: str
                     hours: float | None = None, out_dir: Path | str | None = None) -> dict[str, Any]:
     """``covidnet monitor performance``: join the window with PCR results, compute, write the report.
 
-    The window defaults to the last ``monitor.drift.window_hours`` (``hours`` overrides it);
+    The window defaults to the last ``monitor.feedback.window_days`` (``hours`` overrides it);
     the report goes to ``performance.json``/``.html`` in ``out_dir`` (default ``paths.monitor``).
     """
     from covidnet.evaluate import EvaluateParams
@@ -301,7 +301,7 @@ def run_performance(params: dict[str, Any], since: str | None = None, until: str
     from covidnet.promote import PromoteParams
 
     mp = monitor_params(params)
-    start, end = time_window(since, until, hours if hours is not None else mp.drift.window_hours)
+    start, end = time_window(since, until, hours if hours is not None else 24.0 * mp.feedback.window_days)
     plog = PredictionLog.from_params(params, with_key=False)
     try:
         joined = join_feedback(plog.predictions(since=start, until=end), plog.feedback(), mp.feedback.pcr_max_days)

@@ -1,9 +1,10 @@
 """The prediction log and the metrics inside the real KServe server, over real HTTP on loopback.
 
-A tiny model is trained (as tests/test_train.py does, with preprocess's qc.csv so its card
+The slow tests: a tiny model is trained (as tests/test_train.py does, with preprocess's qc.csv so its card
 names a reference profile) and served by `covidnet serve` in a subprocess; studies are real
 DICOM files (tests/test_serving.py's helpers). The log is a real SQLite file, read back with
-:class:`covidnet.predlog.PredictionLog` after and across server restarts.
+:class:`covidnet.predlog.PredictionLog` after and across server restarts. The quick tests drive
+:class:`covidnet.monitor_serving.ServingMonitor` directly on a real log and registry.
 """
 
 import base64
@@ -21,6 +22,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from covidnet.monitor_serving import ServingMonitor, request_hospital
 from covidnet.predlog import PredictionLog, hash_id
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +33,6 @@ from test_train import PRE, TINY, _cohort, _params, _paths  # noqa: E402
 
 from covidnet.serve_client import v2_zip_request, zip_folder  # noqa: E402
 
-pytestmark = pytest.mark.slow
 KEY = "monitor-test-key-0123456789abcdef"
 
 
@@ -96,6 +97,7 @@ def _rows(project):
         plog.close()
 
 
+@pytest.mark.slow
 def test_concurrent_requests_restart_and_metrics(project):
     proc, base, log = _start(project["tmp"], project["params"], "first")
     assert base, log.read_text()[-3000:]
@@ -147,6 +149,7 @@ def test_concurrent_requests_restart_and_metrics(project):
         _stop(proc)
 
 
+@pytest.mark.slow
 def test_unreachable_log_refuses_readiness(project, tmp_path):
     """The log's database cannot be opened: the server says so and never becomes ready."""
     params = yaml.safe_load(project["params"].read_text())
@@ -162,3 +165,47 @@ def test_unreachable_log_refuses_readiness(project, tmp_path):
     finally:
         if proc.poll() is None:
             _stop(proc)
+
+
+def test_request_hospital_from_v1_and_v2_parameters():
+    from kserve import InferInput, InferRequest
+
+    v2 = InferRequest(model_name=NAME, infer_inputs=[InferInput("x", [1], "BYTES", ["a"])],
+                      parameters={"hospital": " clinic_y "})
+    assert request_hospital(v2) == "clinic_y"
+    assert request_hospital({"instances": [], "parameters": {"hospital": "clinic_v1"}}) == "clinic_v1"
+    assert request_hospital({"instances": []}) is None and request_hospital(b"zip bytes") is None
+    assert request_hospital({"parameters": {"hospital": "  "}}) is None
+
+
+def test_serving_monitor_logs_then_counts(tmp_path, monkeypatch):
+    """open() seeds the drift window from the log; record() commits the rows, then counts them;
+    a log that cannot be opened raises (the server then never becomes ready)."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+    from test_monitor import model_folder
+
+    from covidnet.params import load_params
+    from covidnet.predlog import PredLogError
+
+    params = load_params(REPO / "params.yaml")
+    params["paths"]["predlog"] = str(tmp_path / "log.db")
+    monkeypatch.setenv(params["monitor"]["log"]["key_env"], KEY)
+    monkeypatch.delenv(params["monitor"]["log"]["url_env"], raising=False)
+    bundle = SimpleNamespace(model_dir=model_folder(tmp_path / "model"), model={"name": NAME, "version": "5"})
+    answer = {"score": 0.9, "covid19_probability": 0.9, "threshold": 0.5, "decision": "covid19",
+              "model": {"name": NAME, "version": "5", "mlflow_run_id": "r1"}, "qc": {"noise_hu": 15.0},
+              "qc_check": {"all_in_range": True, "out_of_range": []}}
+    first = ServingMonitor.open(params, bundle, CollectorRegistry())
+    rows = first.record([answer, answer], [{"patient_id": "P1", "institution": "h1"}, {"patient_id": "P2"}],
+                        "req-1", hospital=None)
+    assert [r.hospital for r in rows] == ["h1", None] and rows[0].patient_hash == hash_id(KEY.encode(), "patient", "P1")
+    assert first.log.count() == 2 and first.metrics.verdict().n == 2
+    first.close()
+    again = ServingMonitor.open(params, bundle, CollectorRegistry())  # a restart
+    assert again.metrics.verdict().n == 2 and again.log.predictions()["mlflow_run_id"].tolist() == ["r1", "r1"]
+    again.close()
+    params["monitor"]["log"]["url"] = f"sqlite:///{tmp_path}"  # a folder: cannot be opened
+    with pytest.raises(PredLogError, match="cannot be reached"):
+        ServingMonitor.open(params, bundle, CollectorRegistry())

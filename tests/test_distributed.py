@@ -2,7 +2,7 @@
 
 The slow tests run the pipeline's ``train`` component (``.python_func``) on tiny toy tensors
 of the tiny profile's shape: under torchrun with 2 CPU processes (gloo), and killed mid-run
-then retried with a checkpoint folder.
+then retried with a checkpoint folder or an s3:// prefix (moto's S3 server on loopback).
 """
 
 import os
@@ -51,21 +51,24 @@ def test_checkpoint_key_follows_the_inputs():
                 checkpoint_key("a: 1\n", "tiny", "sha256:abd")}) == 4
 
 
-def test_only_a_folder_is_a_checkpoint_location(tmp_path):
+def test_checkpoint_location_is_a_folder_or_an_s3_prefix(tmp_path):
     from covidnet.pipeline import stage_params
     from covidnet.stages import Paths
 
     text = (REPO / "params.yaml").read_text()
     params = stage_params(text, "tiny")
-    with pytest.raises(ParamsError, match=r"checkpoint_dir: 's3://bucket/ckpt': only a folder of the pod"):
-        train_in_pod(params, text, Paths.from_params(params), checkpoint_dir="s3://bucket/ckpt")
+    for bad, message in (("ckpt", "'ckpt' is neither an absolute folder of the train pod"),
+                         ("gs://bucket/ckpt", "'gs://bucket/ckpt' is neither an absolute folder"),
+                         ("s3:///ckpt", "'s3:///ckpt' names no bucket")):
+        with pytest.raises(ParamsError, match=f"checkpoint_dir: {message}"):
+            train_in_pod(params, text, Paths.from_params(params), checkpoint_dir=bad)
 
 
 def _project(tmp: Path, epochs: int, toy_tensors) -> str:
     """Tiny toy tensors in tmp/pre and the params text (tiny profile, MLflow in tmp)."""
     toy_tensors(tmp / "pre")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["profiles"]["tiny"]["train"].update(epochs=epochs, batch_size=4)
+    raw["profiles"]["tiny"]["train"].update(epochs=epochs, batch_size=4, patience=epochs)  # no early stop
     raw["mlflow"].update(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", artifact_root=str(tmp / "mlruns"))
     return yaml.safe_dump(raw, sort_keys=False)
 
@@ -98,12 +101,40 @@ def test_train_component_runs_torchrun_over_two_processes(tmp_path, monkeypatch,
     assert run.info.status == "FINISHED"
 
 
+def _last_checkpoint(location: str, s3, into: Path):
+    """The newest ``train-*/last.pt`` under a folder or an s3:// prefix: (its folder or prefix, epoch), or None."""
+    from covidnet.train import load_checkpoint
+
+    if not location.startswith("s3://"):
+        found = list(Path(location).glob("train-*/last.pt"))
+        return (str(found[0].parent), load_checkpoint(found[0])["epoch"]) if found else None
+    client = s3.client()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3.bucket, Prefix="ckpt/").get("Contents", [])
+            if o["Key"].endswith("/last.pt")]
+    if not keys:
+        return None
+    client.download_file(s3.bucket, keys[0], str(into))
+    return f"s3://{s3.bucket}/{keys[0].removesuffix('/last.pt')}", load_checkpoint(into)["epoch"]
+
+
 @pytest.mark.slow
-def test_a_retried_train_task_resumes_from_the_checkpoint_dir(tmp_path, monkeypatch, toy_tensors):
-    """A train task killed mid-run (SIGKILL, as when a pod is evicted), retried with the same inputs, resumes."""
+@pytest.mark.parametrize("where", ["folder", "s3"])
+def test_a_retried_train_task_resumes_from_the_checkpoint_dir(tmp_path, monkeypatch, toy_tensors, s3_server, where):
+    """A train task killed mid-run (SIGKILL, as when a pod is evicted), retried with the same inputs, resumes.
+
+    ``folder`` stands for a PVC; ``s3`` is moto's S3 server on loopback, the checkpoints mirrored every second.
+    """
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    text = _project(tmp_path, 5, toy_tensors)
-    ckpt = tmp_path / "pvc"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    if where == "s3":
+        for key, value in {**s3_server.env, "AWS_ENDPOINT_URL": s3_server.endpoint}.items():
+            monkeypatch.setenv(key, value)
+            env[key] = value
+    text = _project(tmp_path, 40, toy_tensors)  # toy epochs take a fraction of a second: enough of them to kill one
+    raw = yaml.safe_load(text)
+    raw["pipeline"]["train"]["checkpoint_sync_s"] = 1
+    text = yaml.safe_dump(raw, sort_keys=False)
+    location = str(tmp_path / "pvc") if where == "folder" else f"s3://{s3_server.bucket}/ckpt"
     driver = (
         "import sys, yaml; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"
         "from kfp import dsl; from components.stages import train\n"
@@ -112,23 +143,19 @@ def test_a_retried_train_task_resumes_from_the_checkpoint_dir(tmp_path, monkeypa
         "    preprocessed=dsl.Dataset(name='p', uri=str(t / 'pre')), model=dsl.Model(name='m', uri=str(t / 'a/model')),\n"
         "    train_report=dsl.Dataset(name='r', uri=str(t / 'a/report')), train_metrics=dsl.Metrics(name='x', uri=str(t / 'a/m')))\n")
     (tmp_path / "params.yaml").write_text(text)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.Popen([sys.executable, "-c", driver, str(REPO), str(tmp_path), str(tmp_path / "params.yaml"),
-                             str(ckpt)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    from covidnet.train import load_checkpoint
-
+                             location], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    last = None
+    saved = None
     while time.time() < deadline and proc.poll() is None:
-        found = list(ckpt.glob("train-*/last.pt"))
-        if found and load_checkpoint(found[0])["epoch"] >= 2:
-            last = found[0]
+        saved = _last_checkpoint(location, s3_server, tmp_path / "peek.pt")
+        if saved and saved[1] >= 2:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert last is not None and proc.returncode == -signal.SIGKILL, "the first try finished before it could be killed"
-    killed_after = load_checkpoint(last)["epoch"]
+    assert saved and saved[1] >= 2 and proc.returncode == -signal.SIGKILL, "the first try finished before its kill"
+    saved = _last_checkpoint(location, s3_server, tmp_path / "peek.pt")  # what the retry will find
     assert not (tmp_path / "a" / "model").exists()  # the killed try left no model
 
     from covidnet.pipeline import stage_params
@@ -137,10 +164,12 @@ def test_a_retried_train_task_resumes_from_the_checkpoint_dir(tmp_path, monkeypa
     params = stage_params(text, "tiny")
     paths = Paths.from_params(params, preprocessed=tmp_path / "pre", model=tmp_path / "b/model",
                               train_report=tmp_path / "b/report")
-    retried = train_in_pod(params, text, paths, checkpoint_dir=str(ckpt))
-    assert retried.checkpoints == last.parent and retried.resumed_from == killed_after >= 2
-    assert yaml.safe_load((tmp_path / "b/model/model.json").read_text())["epochs_run"] == 5
-
+    retried = train_in_pod(params, text, paths, checkpoint_dir=location)
+    assert (retried.checkpoints, retried.resumed_from) == saved and saved[1] >= 2
+    assert yaml.safe_load((tmp_path / "b/model/model.json").read_text())["epochs_run"] == 40
+    if where == "s3":
+        assert _last_checkpoint(location, s3_server, tmp_path / "peek.pt")[1] == 40  # mirrored to the end
+        return
     afresh = train_in_pod(params, text, Paths.from_params(params, preprocessed=tmp_path / "pre",
                                                           model=tmp_path / "c/model", train_report=tmp_path / "c/r"))
     assert afresh.checkpoints is None and afresh.resumed_from == 0 and afresh.run_id != retried.run_id

@@ -167,7 +167,7 @@ def test_bad_profile_threshold_and_pipeline_fail_before_compiling(tmp_path, caps
                           (["--min-auc-lower", "1.5"], "--min-auc-lower: 1.5 is not in [0, 1]"),
                           (["--min-sensitivity-lower", "-0.1"], "is not in [0, 1]"),
                           (["--nproc-per-node", "0"], "--nproc-per-node: '0' is neither 'auto' nor"),
-                          (["--checkpoint-dir", "ckpt"], "--checkpoint-dir: 'ckpt' is not an absolute folder"),
+                          (["--checkpoint-dir", "ckpt"], "--checkpoint-dir: 'ckpt' is neither an absolute folder"),
                           (["--pipeline", "covidnet-gpu"], "--pipeline: 'covidnet-gpu' is not one of covidnet, ")):
         assert cli.main(["pipeline", "compile", "--params", str(PARAMS), "--out", str(tmp_path), *argv]) != 0
         assert message in capsys.readouterr().err

@@ -11,8 +11,9 @@ This module decides how many processes a pod runs and launches them:
   PyTorchJob across nodes (:mod:`covidnet.pytorchjob`), so both run the same thing.
 * :func:`train_in_pod`: one process runs in this process (no launcher); several run under
   ``torchrun`` with the params written to a file. Checkpoints go to a temporary folder (a
-  retried task starts afresh) or, given ``checkpoint_dir``, to a folder keyed by the run's
-  inputs, so that a retried task with the same inputs resumes after its last finished epoch.
+  retried task starts afresh) or, given ``checkpoint_dir`` (a folder, or an ``s3://`` prefix
+  mirrored while training runs), to a place keyed by the run's inputs, so that a retried task
+  with the same inputs resumes after its last finished epoch.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class PodTrainResult:
 
     processes: int
     run_id: str | None
-    checkpoints: Path | None  # the persistent folder, or None for a temporary one
+    checkpoints: str | None  # the persistent folder or s3:// prefix, or None for a temporary folder
     resumed_from: int | None = None  # the epoch resumed after (one process; None under torchrun)
 
 
@@ -141,17 +142,22 @@ def train_in_pod(params: dict[str, Any], params_text: str, paths: Any, nproc_per
         params_text: the params file's content (written to a file for torchrun's processes).
         paths: a :class:`covidnet.stages.Paths`; ``checkpoints`` is replaced as below.
         nproc_per_node: ``"auto"`` or a count (:func:`resolve_nproc`).
-        checkpoint_dir: ``""``: checkpoints in a temporary folder, training starts afresh.
-            A folder (e.g. on a PVC): checkpoints in ``checkpoint_dir/<checkpoint_key>``,
-            resumed when present with the same settings.
+        checkpoint_dir: where checkpoints persist across tries of the task, under a
+            :func:`checkpoint_key` of the inputs, resumed when present with the same settings:
+            ``""``: nowhere (a temporary folder; every try starts afresh); a folder of the pod
+            (a mounted PVC); or an ``s3://bucket/prefix``, downloaded first and mirrored while
+            training runs, every ``pipeline.train.checkpoint_sync_s`` seconds
+            (:mod:`covidnet.checkpoint_sync`).
 
     Raises:
         ParamsError: a bad process count or checkpoint location.
         LaunchError: torchrun failed (the message ends with the failing rank's stderr).
     """
+    import contextlib
     import dataclasses
 
     from covidnet.params import section
+    from covidnet.pipeline_params import check_checkpoint_dir, pipeline_params
     from covidnet.predict import MODEL_CARD
     from covidnet.stages import run_train
     from covidnet.tracking import data_version
@@ -159,27 +165,36 @@ def train_in_pod(params: dict[str, Any], params_text: str, paths: Any, nproc_per
 
     tparams = section(params, "train", TrainParams)
     nproc = resolve_nproc(nproc_per_node, tparams.device, key="nproc_per_node")
+    check_checkpoint_dir(checkpoint_dir, "checkpoint_dir")
     profile = params["profile"]
-    if checkpoint_dir.startswith("s3://") or "://" in checkpoint_dir:
-        raise ParamsError(f"checkpoint_dir: {checkpoint_dir!r}: only a folder of the pod (a mounted PVC) is "
-                          "supported; set pipeline.train.checkpoint_pvc and use its mount path")
     with tempfile.TemporaryDirectory(prefix="covidnet-train-") as tmp:
-        if checkpoint_dir:
-            folder = Path(checkpoint_dir) / checkpoint_key(params_text, profile, data_version(paths.preprocessed))
-            resume = "auto"
-            log.info("checkpoints in %s (a retried task resumes from them)", folder)
+        key = checkpoint_key(params_text, profile, data_version(paths.preprocessed)) if checkpoint_dir else ""
+        mirror: Any = contextlib.nullcontext()
+        location = None
+        if checkpoint_dir.startswith("s3://"):
+            from covidnet.checkpoint_sync import S3Mirror, download
+
+            location = f"{checkpoint_dir.rstrip('/')}/{key}"
+            folder, resume = Path(tmp) / "checkpoints", "auto"
+            download(location, folder)
+            mirror = S3Mirror(folder, location, pipeline_params(params).train.checkpoint_sync_s)
+        elif checkpoint_dir:
+            folder, resume = Path(checkpoint_dir) / key, "auto"
+            location = str(folder)
         else:
             folder, resume = Path(tmp) / "checkpoints", "never"
+        if location:
+            log.info("checkpoints in %s (a retried task resumes from them)", location)
         paths = dataclasses.replace(paths, checkpoints=folder)
-        if nproc == 1:
-            result = run_train(params, paths, resume=resume, progress=False)
-            return PodTrainResult(processes=1, run_id=result.run_id, checkpoints=folder if checkpoint_dir else None,
-                                  resumed_from=result.resumed_from)
-        params_file = Path(tmp) / "params.yaml"
-        params_file.write_text(params_text)
-        args = train_command(params_file, profile, paths.preprocessed, paths.model, folder, paths.train_report,
-                             resume)
-        run_streaming(torchrun_command(1, nproc, args, launcher=TORCHRUN), f"torchrun ({nproc} processes)")
+        with mirror:
+            if nproc == 1:
+                result = run_train(params, paths, resume=resume, progress=False)
+                return PodTrainResult(processes=1, run_id=result.run_id, checkpoints=location,
+                                      resumed_from=result.resumed_from)
+            params_file = Path(tmp) / "params.yaml"
+            params_file.write_text(params_text)
+            args = train_command(params_file, profile, paths.preprocessed, paths.model, folder, paths.train_report,
+                                 resume)
+            run_streaming(torchrun_command(1, nproc, args, launcher=TORCHRUN), f"torchrun ({nproc} processes)")
     card = json.loads((paths.model / MODEL_CARD).read_text())
-    return PodTrainResult(processes=nproc, run_id=card.get("mlflow_run_id"),
-                          checkpoints=folder if checkpoint_dir else None)
+    return PodTrainResult(processes=nproc, run_id=card.get("mlflow_run_id"), checkpoints=location)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from covidnet.params import DEFAULT_PARAMS, ParamsError, load_params, section
-from covidnet.pipeline_params import PipelineParams, parse_nproc, pipeline_params
+from covidnet.pipeline_params import PipelineParams, check_checkpoint_dir, parse_nproc, pipeline_params
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +219,8 @@ def check_arguments(params_path: Path | str = DEFAULT_PARAMS, profile: str | Non
                                                        "min_sensitivity_lower": min_sensitivity_lower}})
     if nproc_per_node is not None:
         nproc_per_node = str(parse_nproc(nproc_per_node, "--nproc-per-node"))
-    if checkpoint_dir and not checkpoint_dir.startswith("/"):
-        raise ParamsError(f"--checkpoint-dir: {checkpoint_dir!r} is not an absolute folder of the train pod")
+    if checkpoint_dir is not None:
+        check_checkpoint_dir(checkpoint_dir, "--checkpoint-dir")
     if cohort_revision is not None and not cohort_revision.strip():
         raise ParamsError("--cohort-revision: empty")
     return PipelineArguments(profile=merged["profile"], params_yaml=text, settings=settings,

@@ -104,6 +104,16 @@ def parse_nproc(value: int | str, key: str = "pipeline.train.nproc_per_node") ->
     return n
 
 
+def check_checkpoint_dir(value: str, key: str) -> None:
+    """Raise unless ``value`` is ``""``, an absolute folder or an ``s3://bucket/prefix``."""
+    if value.startswith("s3://"):
+        if not value[5:].split("/", 1)[0]:
+            raise ParamsError(f"{key}: {value!r} names no bucket (s3://bucket/prefix)")
+    elif value and not value.startswith("/"):
+        raise ParamsError(f"{key}: {value!r} is neither an absolute folder of the train pod (e.g. on a PVC) nor an "
+                          "s3://bucket/prefix, nor '' (no resume)")
+
+
 @dataclass(frozen=True)
 class TrainTaskParams:
     """``pipeline.train``: processes of the train pod and where a retried task finds its checkpoints."""
@@ -112,16 +122,17 @@ class TrainTaskParams:
     checkpoint_dir: str
     checkpoint_pvc: str | None
     checkpoint_mount: str
+    checkpoint_sync_s: int
 
     def __post_init__(self) -> None:
         parse_nproc(self.nproc_per_node)
+        check_checkpoint_dir(self.checkpoint_dir, "pipeline.train.checkpoint_dir")
+        if self.checkpoint_sync_s < 1:
+            raise ParamsError(f"pipeline.train.checkpoint_sync_s: must be >= 1, got {self.checkpoint_sync_s}")
         if self.checkpoint_pvc is not None:
             check_name(self.checkpoint_pvc, "pipeline.train.checkpoint_pvc")
         if not self.checkpoint_mount.startswith("/"):
             raise ParamsError(f"pipeline.train.checkpoint_mount: {self.checkpoint_mount!r} is not an absolute path")
-        if self.checkpoint_dir and not self.checkpoint_dir.startswith("/"):
-            raise ParamsError(f"pipeline.train.checkpoint_dir: {self.checkpoint_dir!r} is not an absolute path "
-                              "(a folder of the train pod, e.g. on checkpoint_pvc) or ''")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The Kubeflow adapter: components, the compiled pipelines, `covidnet pipeline compile|run --local|submit`."""
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -346,14 +347,15 @@ def test_a_failing_stage_stops_the_local_run_and_leaves_no_partial_artifact(tmp_
     """validate fails (no series can have 1000 slices): the run names the task, its log says why, its outputs are gone."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = _params_with(tmp_path, lambda raw: raw["profiles"]["tiny"]["validate"].update(slices=[1000, 2000]))
-    args = kp.check_arguments(params, "tiny", mlflow={"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-                                                      "artifact_root": str(tmp_path / "mlruns")})
     root = tmp_path / "root"
-    with pytest.raises(RuntimeError, match=r"finished with status .*FAILURE.*Inner task failed: .*validate"):
-        kp.run_local(args, root)
+    assert cli.main(["pipeline", "run", "--local", "--params", str(params), "--profile", "tiny",
+                     "--pipeline-root", str(root)]) == 1
     logs = capfd.readouterr()
+    assert re.search(r"covidnet pipeline: error: Pipeline .*covidnet-synthetic.* finished with status .*FAILURE.*"
+                     r"Inner task failed: .*validate", logs.err)
     assert "validate failed: ValueError: the cohort broke expectations" in logs.out + logs.err
-    (run_dir,) = root.iterdir()
+    assert "slices" in logs.out + logs.err  # ... and which expectation
+    (run_dir,) = (root / "runs").iterdir()
     assert (run_dir / "synth" / "dicom").is_dir()  # the stage before it finished
     validate_dir = run_dir / "validate"
     leftovers = [p for p in validate_dir.rglob("*") if p.is_file() and p.name != "executor_output.json"] \

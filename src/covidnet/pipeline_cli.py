@@ -36,8 +36,8 @@ def add_arguments(parser: Any) -> None:
                         help="train: torchrun processes in the train pod, 'auto' (one per visible GPU) or a count "
                              "(default: pipeline.train.nproc_per_node)")
     parser.add_argument("--checkpoint-dir", default=None,
-                        help="train: a folder of the train pod (a mounted PVC) keeping checkpoints, so a retried "
-                             "task resumes (default: pipeline.train.checkpoint_dir; '' = none)")
+                        help="train: a folder of the train pod (a mounted PVC) or an s3://bucket/prefix keeping "
+                             "checkpoints, so a retried task resumes (default: pipeline.train.checkpoint_dir; '' = none)")
     parser.add_argument("--out", type=Path, default=None,
                         help="compile: folder for the YAML files (default: pipelines/); pytorchjob: the YAML file "
                              "(default: stdout)")

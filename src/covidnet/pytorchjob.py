@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from covidnet.distributed import LaunchError, checkpoint_key, torchrun_command, train_command
+from covidnet.params import ParamsError
 from covidnet.pipeline_params import PyTorchJobParams, SecretsParams, check_name
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,6 @@ def pytorchjob_manifest(job: PyTorchJobParams, secrets: SecretsParams, *, name: 
     check_name(name, "name")
     mount = Path(job.mount_path)
     if not Path(workdir).is_relative_to(mount) or Path(workdir) == mount:
-        from covidnet.params import ParamsError
-
         raise ParamsError(f"workdir: {workdir!r} is not a folder under pipeline.pytorchjob.mount_path "
                           f"({job.mount_path})")
     p = job_paths(workdir)
@@ -249,6 +248,7 @@ def train_with_pytorchjob(params: dict[str, Any], params_text: str, preprocessed
     """
     import json
 
+    from covidnet.atomic import write_text
     from covidnet.pipeline_params import pipeline_params
     from covidnet.predict import MODEL_CARD
     from covidnet.tracking import data_version
@@ -265,7 +265,7 @@ def train_with_pytorchjob(params: dict[str, Any], params_text: str, preprocessed
     workdir.mkdir(parents=True, exist_ok=True)
     if not (p["preprocessed"] / "index.csv").is_file():
         _copytree_atomic(preprocessed, p["preprocessed"])
-    p["params"].write_text(params_text)
+    write_text(p["params"], params_text)
     namespace = job.namespace or default_namespace()
     manifest = pytorchjob_manifest(job, settings.secrets, name=name, profile=profile, workdir=str(workdir),
                                    namespace=namespace)

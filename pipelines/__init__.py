@@ -1,1 +1,1 @@
-"""The COVIDNet Kubeflow pipeline (covidnet_pipeline.py) and its compiled IR YAML."""
+"""The COVIDNet Kubeflow pipelines (built from params by covidnet_pipeline.py) and their compiled IR YAML."""

@@ -18,6 +18,13 @@ from typing import Any
 import pandas as pd
 
 
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path | str, *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it to ``target`` on success.
@@ -26,17 +33,21 @@ def atomic_path(target: Path | str, *, directory: bool = False) -> Iterator[Path
         target: the final file or folder.
         directory: create the temporary path as an empty folder (for folder outputs).
 
-    On an exception the temporary path is removed and ``target`` is left untouched.
+    On an exception the temporary path is removed and ``target`` is left untouched. The
+    result gets the permissions a plain ``open``/``mkdir`` would give (0666/0777 less the
+    umask), not the owner-only 0600/0700 of :mod:`tempfile`.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{target.name}.tmp-"
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+        tmp.chmod(0o777 & ~_umask())
     else:
         fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
         os.close(fd)
         tmp = Path(name)
+        tmp.chmod(0o666 & ~_umask())
     try:
         yield tmp
         if directory:

@@ -5,11 +5,11 @@ Meant for a recurring run (``covidnet pipeline submit --pipeline covidnet-monito
 against the reference profiles of the versions that served them, and fails on an alarm
 (``fail_on_alarm``), which is what turns a scheduled run red.
 
-The task reads the prediction log's URL from the Kubernetes secret ``predlog_secret`` (key
-:data:`PREDLOG_SECRET_KEY` -> the variable :data:`PREDLOG_URL_ENV`, which must equal
-``monitor.log.url_env``; a test checks it) and MLflow's settings from ``pipeline.secrets.mlflow``;
-its resources and retries come from the ``pipeline`` section of params (:func:`covidnet_monitor`
-is built from it, as the other pipelines).
+The task reads the prediction log's URL from the Kubernetes secret ``pipeline.secrets.predlog``
+(its variable must be ``monitor.log.url_env``; a test checks it) and MLflow's
+settings from ``pipeline.secrets.mlflow``; its resources and retries come from the ``pipeline``
+section of params, as for the other pipelines. Registered as ``covidnet-monitor`` in
+:data:`covidnet.pipeline.PIPELINES`.
 """
 
 from typing import Any, NamedTuple
@@ -19,19 +19,15 @@ from kfp.dsl import HTML, Dataset, Metrics
 
 from components import monitor as m
 
-#: The key of the prediction log's secret holding the SQLAlchemy URL, and the variable it becomes.
-PREDLOG_SECRET_KEY = "url"
-PREDLOG_URL_ENV = "COVIDNET_PREDLOG_URL"
-
 Outputs = NamedTuple("Outputs", [("report", HTML), ("drift_json", Dataset), ("drift", Metrics)])
 
 
 def covidnet_monitor(settings: Any) -> Any:
-    """The drift-monitoring pipeline, with the resources, retries and MLflow secret of ``settings``."""
+    """The drift-monitoring pipeline, with the resources, retries and secrets of ``settings``."""
     @dsl.pipeline(name="covidnet-monitor", description="COVIDNet endpoint monitoring: drift of the prediction log "
                                                        "against the served versions' reference profiles; fails on alarm.")
     def pipeline(params_yaml: str, profile: str = "default", window_hours: float = -1.0, until: str = "",
-                 fail_on_alarm: bool = True, predlog_secret: str = "covidnet-predlog") -> Outputs:
+                 fail_on_alarm: bool = True) -> Outputs:
         """window_hours below 0 keeps monitor.drift.window_hours; until "" = the run's start."""
         task = m.monitor_drift(params_yaml=params_yaml, profile=profile, window_hours=window_hours, until=until,
                                fail_on_alarm=fail_on_alarm)
@@ -40,10 +36,8 @@ def covidnet_monitor(settings: Any) -> Any:
         r = settings.retry
         task.set_retry(num_retries=r.count, backoff_duration=f"{r.backoff_s}s", backoff_factor=r.factor,
                        backoff_max_duration=f"{r.max_backoff_s}s")
-        kubernetes.use_secret_as_env(task, secret_name=predlog_secret,
-                                     secret_key_to_env={PREDLOG_SECRET_KEY: PREDLOG_URL_ENV})
-        kubernetes.use_secret_as_env(task, secret_name=settings.secrets.mlflow.name,
-                                     secret_key_to_env=dict(settings.secrets.mlflow.env))
+        for secret in (settings.secrets.predlog, settings.secrets.mlflow):
+            kubernetes.use_secret_as_env(task, secret_name=secret.name, secret_key_to_env=dict(secret.env))
         return Outputs(report=task.outputs["report"], drift_json=task.outputs["drift_json"],
                        drift=task.outputs["drift"])
 

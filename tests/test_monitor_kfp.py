@@ -48,7 +48,8 @@ def test_committed_yaml_is_what_compile_writes(tmp_path):
 def test_pipeline_secrets_resources_and_no_cache():
     spec, platform = yaml.safe_load_all(COMMITTED.read_text())  # the pipeline, then its Kubernetes platform spec
     params = load_params(REPO / "params.yaml")
-    assert monitor_pipeline.PREDLOG_URL_ENV == params["monitor"]["log"]["url_env"]  # the variable the core reads
+    # the secret sets the variable the core reads the log's URL from
+    assert list(params["pipeline"]["secrets"]["predlog"]["env"].values()) == [params["monitor"]["log"]["url_env"]]
     task = spec["root"]["dag"]["tasks"]["monitor-drift"]
     assert task["cachingOptions"].get("enableCache", False) is False
     assert task["retryPolicy"]["maxRetryCount"] == params["pipeline"]["retry"]["count"]

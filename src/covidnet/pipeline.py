@@ -67,6 +67,8 @@ PIPELINES: dict[str, PipelineEntry] = {
     "covidnet-pytorchjob": PipelineEntry("pipelines.covidnet_pipeline", "covidnet_pytorchjob",
                                          "covidnet_pytorchjob_pipeline.yaml",
                                          "as covidnet, training across nodes as a Kubeflow PyTorchJob"),
+    "covidnet-monitor": PipelineEntry("pipelines.monitor_pipeline", "covidnet_monitor", "monitor_pipeline.yaml",
+                                      "drift of the prediction log against the served versions' references (schedule it)"),
 }
 
 

@@ -153,14 +153,15 @@ class SecretParams:
 
 @dataclass(frozen=True)
 class SecretsParams:
-    """``pipeline.secrets``: the DVC remote's and MLflow's credentials on the cluster."""
+    """``pipeline.secrets``: the DVC remote's, MLflow's and the prediction log's credentials on the cluster."""
 
     dvc_remote: SecretParams
     mlflow: SecretParams
+    predlog: SecretParams
 
     def __post_init__(self) -> None:
-        self.dvc_remote.check("pipeline.secrets.dvc_remote")
-        self.mlflow.check("pipeline.secrets.mlflow")
+        for name in ("dvc_remote", "mlflow", "predlog"):
+            getattr(self, name).check(f"pipeline.secrets.{name}")
 
 
 @dataclass(frozen=True)

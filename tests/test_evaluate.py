@@ -80,6 +80,8 @@ def test_contract_and_outputs(tmp_path):
     assert np.trapezoid(roc["tpr"], roc["fpr"]) == pytest.approx(m["auc"]["value"])
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
     assert "Synthetic data" in md and "<strong>Synthetic data</strong>" in page
+    h1 = md.splitlines()[0].removeprefix("# ")
+    assert f"<title>{h1}</title>" in page  # the page is titled by its heading
     assert "Table 1 form" in md and "![tsne.png](tsne.png)" in md and "data:image/png;base64," in page
     # a later run without features leaves no stale t-SNE behind, and no temporary folders
     evaluate_predictions(preds, FAST, out, synthetic=False, title="external")

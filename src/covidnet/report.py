@@ -152,9 +152,10 @@ def to_markdown(blocks: list[Block]) -> str:
 
 
 def to_html(blocks: list[Block], folder: Path) -> str:
-    """Self-contained HTML: images from ``folder`` embedded as base64 data URIs."""
+    """Self-contained HTML titled by the first ``h1`` block: images from ``folder`` embedded as data URIs."""
     e = html.escape
-    out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'><title>covidnet evaluation</title>",
+    title = next((body for kind, body in blocks if kind == "h1"), "covidnet report")
+    out = ["<!DOCTYPE html>", f"<html><head><meta charset='utf-8'><title>{e(title)}</title>",
            "<style>body{font-family:sans-serif;max-width:70em;margin:auto}table{border-collapse:collapse}"
            "td,th{border:1px solid #999;padding:2px 8px;text-align:right}img{max-width:40em}</style></head><body>"]
     for kind, body in blocks:

@@ -8,25 +8,33 @@ holds none: the timings do not depend on the weights) and ``--params``:
 * ``in_process`` (the anchor): :func:`covidnet.serve.load_bundle` once, then per request the
   very path the server runs from the zip's bytes: safe unzip, series selection, preprocessing,
   QC, lesion fractions (:func:`covidnet.serve_input.study_zip`), the forward pass
-  (:func:`covidnet.predict.score`) and the answers (:func:`covidnet.serve.results`);
+  (:func:`covidnet.predict.score`) and the answers (:func:`covidnet.serve.results`). It runs in
+  a child process started like the server's (this script with ``--anchor``) and times itself,
+  so both sides get the same treatment from the scheduler of a shared machine;
 * ``server_binary``: ``covidnet serve`` in a subprocess on a free loopback port (one worker),
   the zip POSTed as the raw body of a V1 request (``Content-Type: application/zip``), as
-  ``covidnet predict`` sends it;
-* ``server_base64``: the same server, the zip base64 in a V2 JSON request (BYTES input).
+  ``covidnet predict`` sends it; the server also logs each answer to its prediction log (a
+  SQLite file in the run's temporary folder), as it does in production;
+* ``server_base64``: a second such server (so that neither inherits the other's heap), the
+  zip base64 in a V2 JSON request (BYTES input).
 
-Concurrency 1: ``--requests`` rounds, each one request of every kind in turn, so a change of
-load on a shared machine hits all three alike. Concurrency ``--concurrency``: ``--requests``
+Concurrency 1: ``--requests`` rounds, each one request of every kind in turn (the order
+rotating from round to round, ``--pause`` seconds between requests), so a change of load on a
+shared machine hits all three alike. Concurrency ``--concurrency``: ``--requests``
 requests from that many threads, in-process and ``server_binary``. Latency p50/p99 (p99 of a
 handful is close to the maximum) and throughput (requests/s over the level's wall time).
 
 At concurrency 1 the server's time is split with KServe's own trace log into the model's part
 (preprocess + predict + postprocess) and the rest (sending and receiving the body, KServe's
-decoding, the event loop), and the paired ratio server / in-process of each round is given.
+decoding, the event loop), and the paired ratio server / in-process of each round is given,
+with the CPU seconds each request used (the server process's, all threads, from
+``/proc/PID/stat``; the anchor process's own): on a machine shared with other work the
+CPU time moves less with the load than the wall time does.
 
 Memory per request, in MiB and in volumes (the series as int16: 512 x 512 x 300 x 2 bytes):
 the peak RSS (``VmHWM``, reset through ``/proc/PID/clear_refs`` before the request) above the
 RSS just before it, the most of three requests at concurrency 1 after the timed ones, of the
-server process and of this process for the anchor.
+server process and of the anchor process.
 
 Usage: ``python benchmarks/serving.py [--slices 300] [--requests 8] [--concurrency 4] [--out FILE]``.
 Prints JSON.
@@ -48,6 +56,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,6 +74,12 @@ def _timed(call) -> float:
     t0 = time.perf_counter()
     call()
     return time.perf_counter() - t0
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) another process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _level(call, requests: int, concurrency: int) -> dict:
@@ -111,6 +126,61 @@ def _model_times(log: Path) -> list[float]:
     return out
 
 
+def _anchor(model_dir: str, params_path: str, zip_path: str) -> None:
+    """The anchor's own process (``--anchor``), started like the server: it loads the bundle once,
+    then for each command on stdin runs the in-process path and answers one JSON line on stdout:
+    ``run`` (wall and CPU seconds of one request), ``level N C`` (N requests from C threads),
+    ``memory`` (peak RSS above the start of one request, MiB), ``answer`` (the probability)."""
+    import torch
+
+    from covidnet.params import load_params
+    from covidnet.predict import score
+    from covidnet.serve import load_bundle, results
+    from covidnet.serve_input import study_zip
+
+    bundle = load_bundle(model_dir, load_params(params_path))
+    data = Path(zip_path).read_bytes()
+
+    def in_process():
+        studies = study_zip(data, bundle)
+        logits, _ = score(bundle.net, [torch.from_numpy(np.stack([s.tensor for s in studies]))], bundle.device)
+        return results(logits, bundle, [s.info for s in studies])
+
+    in_process()  # warm-up
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd[0] == "run":
+            c0 = time.process_time()
+            out = {"wall_s": _timed(in_process), "cpu_s": time.process_time() - c0}
+        elif cmd[0] == "level":
+            out = _level(in_process, int(cmd[1]), int(cmd[2]))
+        elif cmd[0] == "memory":
+            out = {"mib": _peak_above_start_mib(os.getpid(), in_process)}
+        else:
+            out = {"probability": in_process()[0]["covid19_probability"]}
+        print(json.dumps(out), flush=True)
+
+
+class _AnchorProcess:
+    """The parent's handle on :func:`_anchor`."""
+
+    def __init__(self, model_dir: Path, params: str, zip_path: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--anchor", str(model_dir), params, str(zip_path)],
+                                     cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(self, *cmd) -> dict:
+        self.proc.stdin.write(" ".join(map(str, cmd)) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the anchor process ended")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
 def _model_folder(model_dir: Path, params: dict, tmp: Path) -> tuple[Path, str]:
     """``model_dir`` when it holds a model, else an untrained one of the params' model section."""
     if (model_dir / "weights.pt").is_file():
@@ -131,11 +201,16 @@ def _model_folder(model_dir: Path, params: dict, tmp: Path) -> tuple[Path, str]:
 
 
 def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--anchor":
+        _anchor(*sys.argv[2:])
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--matrix", type=int, default=512, help="in-plane size of the series (default: %(default)s)")
     ap.add_argument("--slices", type=int, default=300, help="slices in the series (default: %(default)s)")
     ap.add_argument("--requests", type=int, default=8, help="timed requests per level (default: %(default)s)")
     ap.add_argument("--concurrency", type=int, default=4, help="the second concurrency level (default: %(default)s)")
+    ap.add_argument("--pause", type=float, default=0.5,
+                    help="seconds between requests at concurrency 1, not timed (default: %(default)s)")
     ap.add_argument("--model-dir", default=str(REPO / "models" / "covidnet"), help="model folder")
     ap.add_argument("--params", default=str(REPO / "params.yaml"), help="params file (default profile)")
     ap.add_argument("--out", default=None, help="also write the JSON here")
@@ -144,10 +219,8 @@ def main() -> None:
     import torch
 
     from covidnet.params import load_params
-    from covidnet.predict import score
-    from covidnet.serve import load_bundle, results
+    from covidnet.serve import load_bundle
     from covidnet.serve_client import answers, v2_zip_request, zip_folder
-    from covidnet.serve_input import study_zip
     from covidnet.synth import write_benchmark_series
 
     volume_mib = args.slices * args.matrix**2 * 2 / 2**20
@@ -159,6 +232,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="covidnet-bench-serve-") as tmp:
         folder = write_benchmark_series(Path(tmp), matrix=args.matrix, n_slices=args.slices)
         zipped = zip_folder(folder)
+        (Path(tmp) / "study.zip").write_bytes(zipped)
         b64_body = json.dumps(v2_zip_request([zipped])).encode()
         report["series"].update(zip_mb=round(len(zipped) / 2**20, 1), base64_body_mb=round(len(b64_body) / 2**20, 1))
 
@@ -167,70 +241,90 @@ def main() -> None:
         bundle = load_bundle(model_dir, params)
         report["model"] = {"weights": weights, "version": bundle.model["version"], "input": list(bundle.shape)}
 
-        def in_process():
-            studies = study_zip(zipped, bundle)
-            logits, _ = score(bundle.net, [torch.from_numpy(np.stack([s.tensor for s in studies]))], bundle.device)
-            return results(logits, bundle, [s.info for s in studies])
-
-        port = _free_port()
-        log = open(Path(tmp) / "server.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "covidnet.cli", "serve", "--port", str(port), "--model-dir",
-                                 str(model_dir), "--params", args.params], cwd=REPO, stdout=log,
-                                stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        v1, v2 = f"{base}/v1/models/{bundle.serve.model_name}:predict", f"{base}/v2/models/{bundle.serve.model_name}/infer"
-        calls = {"in_process": in_process,
-                 "server_binary": lambda: answers(_post(v1, zipped, "application/zip")),
-                 "server_base64": lambda: answers(_post(v2, b64_body, "application/json"))}
+        # One server per way of sending, so that neither inherits the other's heap; each logs
+        # every answer (the monitor's prediction log) into this run's folder.
+        servers, logs, urls, handles = {}, {}, {}, []
+        for k, route in (("server_binary", "v1"), ("server_base64", "v2")):
+            raw = yaml.safe_load(Path(args.params).read_text())
+            raw["paths"]["predlog"] = str(Path(tmp) / f"{k}.db")
+            (Path(tmp) / f"{k}.yaml").write_text(yaml.safe_dump(raw))
+            port = _free_port()
+            logs[k] = Path(tmp) / f"{k}.log"
+            handles.append(open(logs[k], "w"))
+            servers[k] = subprocess.Popen(
+                [sys.executable, "-m", "covidnet.cli", "serve", "--port", str(port), "--model-dir", str(model_dir),
+                 "--params", str(Path(tmp) / f"{k}.yaml")], cwd=REPO, stdout=handles[-1], stderr=subprocess.STDOUT)
+            name = bundle.serve.model_name
+            urls[k] = (f"http://127.0.0.1:{port}",
+                       f"http://127.0.0.1:{port}/v1/models/{name}:predict" if route == "v1"
+                       else f"http://127.0.0.1:{port}/v2/models/{name}/infer")
+        anchor = _AnchorProcess(model_dir, args.params, Path(tmp) / "study.zip")
+        calls = {"server_binary": lambda: answers(_post(urls["server_binary"][1], zipped, "application/zip")),
+                 "server_base64": lambda: answers(_post(urls["server_base64"][1], b64_body, "application/json"))}
         try:
-            deadline = time.time() + 120
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=2):
-                        break
-                except OSError:
-                    if proc.poll() is not None or time.time() > deadline:
-                        raise RuntimeError((Path(tmp) / "server.log").read_text()[-3000:]) from None
-                    time.sleep(0.3)
-            probs = {k: call()[0]["covid19_probability"] for k, call in calls.items()}  # warm-up, and the same answer
+            for k, proc in servers.items():
+                deadline = time.time() + 120
+                while True:
+                    try:
+                        with urllib.request.urlopen(f"{urls[k][0]}/v2/health/ready", timeout=2):
+                            break
+                    except OSError:
+                        if proc.poll() is not None or time.time() > deadline:
+                            raise RuntimeError(logs[k].read_text()[-3000:]) from None
+                        time.sleep(0.3)
+            # warm-up, and the same answer every way
+            probs = {"in_process": anchor.ask("answer")["probability"],
+                     **{k: call()[0]["covid19_probability"] for k, call in calls.items()}}
             assert max(probs.values()) - min(probs.values()) < 1e-6, probs
-            report["server_rss_after_load_mib"] = round(_kib(proc.pid, "VmRSS") / 1024, 1)
-
-            log.flush()
-            skip = len(_model_times(Path(tmp) / "server.log"))
-            lat: dict[str, list[float]] = {k: [] for k in calls}
-            for _ in range(args.requests):  # interleaved rounds at concurrency 1
-                for k, call in calls.items():
-                    lat[k].append(_timed(call))
-            report["c1"] = {k: _stats(v) for k, v in lat.items()}
+            report["server_rss_after_warm_up_mib"] = {k: round(_kib(p.pid, "VmRSS") / 1024, 1) for k, p in servers.items()}
+            skip = {k: len(_model_times(logs[k])) for k in servers}
+            lat: dict[str, list[float]] = {k: [] for k in ("in_process", *calls)}
+            cpu: dict[str, list[float]] = {k: [] for k in lat}
+            kinds = list(lat)
+            for r in range(args.requests):  # interleaved rounds at concurrency 1, the order rotating
+                for k in kinds[r % 3:] + kinds[:r % 3]:
+                    time.sleep(args.pause)  # let the previous request's clean-up (either process) finish
+                    if k == "in_process":
+                        one = anchor.ask("run")
+                        lat[k].append(one["wall_s"])
+                        cpu[k].append(one["cpu_s"])
+                        continue
+                    c0 = _cpu_s(servers[k].pid)
+                    lat[k].append(_timed(calls[k]))
+                    cpu[k].append(_cpu_s(servers[k].pid) - c0)
+            report["c1"] = {k: {**_stats(v), "cpu_s_median": round(float(np.median(cpu[k])), 3)} for k, v in lat.items()}
             report["c1_paired_ratio_median"] = {
-                k: round(float(np.median(np.asarray(lat[k]) / np.asarray(lat["in_process"]))), 3)
-                for k in ("server_binary", "server_base64")}
+                k: round(float(np.median(np.asarray(lat[k]) / np.asarray(lat["in_process"]))), 3) for k in calls}
+            report["c1_cpu_ratio_median"] = {
+                k: round(float(np.median(cpu[k]) / np.median(cpu["in_process"])), 3) for k in calls}
             # Where a server request's time goes: KServe's own trace of preprocess + predict +
             # postprocess (the model's work) and the rest (HTTP, body, decoding, event loop).
-            model_s = _model_times(Path(tmp) / "server.log")[skip:]
-            for i, k in enumerate(("server_binary", "server_base64")):
-                inside = np.asarray(model_s[i::2][: args.requests])
+            for k in calls:
+                inside = np.asarray(_model_times(logs[k])[skip[k]:])
+                assert len(inside) == len(lat[k]), (k, len(inside), len(lat[k]))
                 report["c1"][k]["model_s_median"] = round(float(np.median(inside)), 3)
                 report["c1"][k]["outside_model_s_median"] = round(float(np.median(np.asarray(lat[k]) - inside)), 3)
-            report[f"c{args.concurrency}"] = {k: _level(calls[k], args.requests, args.concurrency)
-                                              for k in ("in_process", "server_binary")}
-            pids = {"in_process": os.getpid(), "server_binary": proc.pid, "server_base64": proc.pid}
-            memory = {k: max(_peak_above_start_mib(pid, calls[k]) for _ in range(3)) for k, pid in pids.items()}
+            c = args.concurrency
+            report[f"c{c}"] = {"in_process": anchor.ask("level", args.requests, c),
+                               "server_binary": _level(calls["server_binary"], args.requests, c)}
+            memory = {"in_process": max(anchor.ask("memory")["mib"] for _ in range(3)),
+                      **{k: max(_peak_above_start_mib(servers[k].pid, calls[k]) for _ in range(3)) for k in calls}}
             report["peak_rss_per_request"] = {k: {"mib": v, "volumes": round(v / volume_mib, 2)} for k, v in memory.items()}
-            report["server_rss_after_run_mib"] = round(_kib(proc.pid, "VmRSS") / 1024, 1)
+            report["server_rss_after_run_mib"] = {k: round(_kib(p.pid, "VmRSS") / 1024, 1) for k, p in servers.items()}
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-            log.close()
+            anchor.close()
+            for proc in servers.values():
+                proc.terminate()
+                proc.wait(timeout=30)
+            for handle in handles:
+                handle.close()
 
-    anchor = report["c1"]["in_process"]["p50_s"]
+    anchor_p50 = report["c1"]["in_process"]["p50_s"]
+    c = args.concurrency
     report["ratios"] = {
-        "c1_p50_over_in_process": {k: round(report["c1"][k]["p50_s"] / anchor, 3)
-                                   for k in ("server_binary", "server_base64")},
-        f"c{args.concurrency}_throughput_over_in_process": round(
-            report[f"c{args.concurrency}"]["server_binary"]["throughput_rps"]
-            / report[f"c{args.concurrency}"]["in_process"]["throughput_rps"], 3)}
+        "c1_p50_over_in_process": {k: round(report["c1"][k]["p50_s"] / anchor_p50, 3) for k in calls},
+        f"c{c}_throughput_over_in_process": round(
+            report[f"c{c}"]["server_binary"]["throughput_rps"] / report[f"c{c}"]["in_process"]["throughput_rps"], 3)}
     report["machine"]["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(report, indent=2)
     print(text)

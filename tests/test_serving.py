@@ -422,6 +422,8 @@ def test_s3_study_references(server, s3, tmp_path):
     status, body = _post(f"{server['base']}/v1/models/{NAME}:predict", {"instances": [{"s3": "s3://studies/dicom/s3study"}]})
     assert status == 200, body
     assert body["predictions"][0]["series_uid"] == uid and body["predictions"][0]["lesions"] is not None
+    (answer,) = predict("s3://studies/dicom/s3study", server["base"], NAME)  # covidnet predict s3://...
+    assert answer["series_uid"] == uid
     for uri in ("s3://studies/zips/missing.zip", "s3://studies/nothing/here", "s3://nosuchbucket/a.zip"):
         status, body = _post(server["infer"], {"inputs": [{"name": "r", "shape": [1], "datatype": "BYTES",
                                                            "data": [uri]}]})

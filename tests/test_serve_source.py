@@ -121,6 +121,15 @@ def test_parse_model_uri():
         dataclasses.replace(base, model_uri="runs:/x/covidnet")
 
 
+def test_missing_sqlite_store_is_named_and_not_created(tmp_path):
+    store = tmp_path / "mlflow.db"
+    with pytest.raises(ModelSourceError, match=r"no MLflow store at sqlite:///.*mlflow.db"):
+        fetch_model("models:/covidnet@champion", f"sqlite:///{store}")
+    assert not store.exists()
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        fetch_model(str(tmp_path / "nowhere"), f"sqlite:///{store}")
+
+
 @pytest.mark.slow
 def test_champion_by_alias_has_the_registry_version_calibrator_and_threshold(registry):
     """The whole covidnet/ folder is downloaded (a file train did not write is there too), the

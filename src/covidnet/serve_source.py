@@ -93,7 +93,8 @@ def fetch_model(uri: str, tracking_uri: str) -> ModelSource:
             ``MLFLOW_TRACKING_URI``); unused for a folder.
 
     Raises:
-        ModelSourceError: an unknown registered model (the registered ones are listed), an
+        ModelSourceError: no SQLite store at ``tracking_uri``, an unknown registered model (the
+            registered ones are listed), an
             alias it does not have (its aliases are listed), an unknown version, a version whose
             run has no ``covidnet/`` folder with ``weights.pt`` and ``model.json``.
         FileNotFoundError: a folder that does not exist.
@@ -111,6 +112,10 @@ def fetch_model(uri: str, tracking_uri: str) -> ModelSource:
     from covidnet.promote import THRESHOLD_TAG
 
     name, alias, number = parsed
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
+        # MLflow would create an empty store there; say what is missing instead
+        raise ModelSourceError(f"{uri}: no MLflow store at {tracking_uri} (mlflow.tracking_uri, relative to "
+                               f"{Path.cwd()}): `dvc repro` (train, evaluate, promote) makes one; or serve a folder")
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
         registered = client.get_registered_model(name)

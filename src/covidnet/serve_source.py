@@ -94,9 +94,9 @@ def fetch_model(uri: str, tracking_uri: str) -> ModelSource:
 
     Raises:
         ModelSourceError: no SQLite store at ``tracking_uri``, an unknown registered model (the
-            registered ones are listed), an
-            alias it does not have (its aliases are listed), an unknown version, a version whose
-            run has no ``covidnet/`` folder with ``weights.pt`` and ``model.json``.
+            registered ones are listed), an alias it does not have (its aliases are listed), an
+            unknown version, a version whose run has no ``covidnet/`` folder with ``weights.pt``
+            and ``model.json``.
         FileNotFoundError: a folder that does not exist.
     """
     parsed = parse_model_uri(uri)

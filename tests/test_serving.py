@@ -231,21 +231,39 @@ def test_v1_base64_zip_and_tensor_together(server, tmp_path):
     assert all(0.0 <= p["covid19_probability"] <= 1.0 for p in preds)
 
 
+def _raw_exchange(base: str, head: str, body_parts: list[bytes]) -> tuple[int, dict]:
+    """Send ``head`` and ``body_parts`` on a raw socket, then read the whole response.
+
+    The parts sent are never more than the server reads before it answers, so no unread data
+    is left behind when it closes (which would reset the connection and lose its answer)."""
+    import socket
+
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(head.encode())
+        for part in body_parts:
+            sock.sendall(part)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    header, _, payload = data.partition(b"\r\n\r\n")
+    return int(header.split()[1]), json.loads(payload)
+
+
 def test_body_over_the_limit_is_413(server):
     """serve.max_body_mb (1 MiB in the fixture): a larger body is refused before it is read, with a
     Content-Length and chunked alike; the server keeps answering."""
-    import http.client
-
-    big = b"\0" * (2 * 1024 * 1024)
-    status, body = _post(server["v1"], big, "application/zip")
+    path = f"/v1/models/{NAME}:predict"
+    # Content-Length over the limit: the answer comes before any byte of the body is sent.
+    status, body = _raw_exchange(server["base"], f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/zip"
+                                 f"\r\nContent-Length: {2 * 1024 * 1024}\r\n\r\n", [])
     assert status == 413 and "serve.max_body_mb" in body["error"] and "2097152 bytes" in body["error"], body
-    host, port = server["base"].removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=60)
-    conn.request("POST", f"/v1/models/{NAME}:predict", body=iter([big[i:i + 65536] for i in range(0, len(big), 65536)]),
-                 headers={"Content-Type": "application/zip"}, encode_chunked=True)
-    resp = conn.getresponse()
-    assert resp.status == 413 and "chunked" in json.loads(resp.read())["error"]
-    conn.close()
+    # Chunked: refused once the chunks received pass the limit: 16 x 64 KiB = 1 MiB, then the one
+    # byte over it, the last thing sent (so the server has read all of it when it answers).
+    chunk = b"%x\r\n" % 65536 + b"\0" * 65536 + b"\r\n"
+    status, body = _raw_exchange(server["base"], f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/zip"
+                                 "\r\nTransfer-Encoding: chunked\r\n\r\n", [chunk] * 16 + [b"1\r\n\0\r\n"])
+    assert status == 413 and "chunked" in body["error"], body
     _alive(server)
 
 

@@ -10,10 +10,8 @@ DICOM files (tests/test_serving.py's helpers). The log is a real SQLite file, re
 import base64
 import json
 import os
-import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,7 +26,7 @@ from covidnet.predlog import PredictionLog, hash_id
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_reference import _qc_csv  # noqa: E402
-from test_serving import NAME, _free_port, _post, _study  # noqa: E402
+from test_serving import NAME, _post, _study, start_server, stop_server  # noqa: E402
 from test_train import PRE, TINY, _cohort, _params, _paths  # noqa: E402
 
 from covidnet.serve_client import v2_zip_request, zip_folder  # noqa: E402
@@ -37,29 +35,11 @@ KEY = "monitor-test-key-0123456789abcdef"
 
 
 def _start(tmp: Path, params: Path, name: str):
-    """`covidnet serve` on a free port; returns (process, base URL, log file) once ready, or the process if it exits."""
-    port = _free_port()
+    """`covidnet serve` of the model folder; (process, base URL or None if it never got ready, log file)."""
     log = tmp / f"{name}.log"
-    proc = subprocess.Popen([sys.executable, "-m", "covidnet.cli", "serve", "--port", str(port), "--model-dir",
-                             str(tmp / "model"), "--params", str(params)], cwd=tmp, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT, env={**os.environ, "COVIDNET_HASH_KEY": KEY,
-                                                           "PYTHONUNBUFFERED": "1"})
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"{base}/v2/models/{NAME}/ready", timeout=2) as r:
-                if r.status == 200:
-                    return proc, base, log
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        time.sleep(0.3)
-    return proc, None, log
-
-
-def _stop(proc) -> None:
-    proc.terminate()
-    proc.wait(timeout=30)
+    proc, base = start_server(["--model-dir", str(tmp / "model"), "--params", str(params)], tmp,
+                              {**os.environ, "COVIDNET_HASH_KEY": KEY}, log)
+    return proc, base, log
 
 
 def _metrics(base: str) -> dict:
@@ -134,7 +114,7 @@ def test_concurrent_requests_restart_and_metrics(project):
         assert sum(s.value for s in families["covidnet_predictions"].samples if s.name.endswith("_total")) == 8
         assert [s.value for s in families["covidnet_drift_window"].samples] == [8]
     finally:
-        _stop(proc)
+        stop_server(proc)
 
     # A restart: the rows are still there, the drift window is seeded from them, new rows add up.
     proc, base, log = _start(project["tmp"], project["params"], "second")
@@ -146,7 +126,7 @@ def test_concurrent_requests_restart_and_metrics(project):
         assert code == 200
         assert len(_rows(project)) == 9
     finally:
-        _stop(proc)
+        stop_server(proc)
 
 
 @pytest.mark.slow
@@ -164,7 +144,7 @@ def test_unreachable_log_refuses_readiness(project, tmp_path):
         assert "cannot be reached" in text and "refusing readiness" in text, text[-3000:]
     finally:
         if proc.poll() is None:
-            _stop(proc)
+            stop_server(proc)
 
 
 def test_request_hospital_from_v1_and_v2_parameters():

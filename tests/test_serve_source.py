@@ -10,12 +10,8 @@ records the operating threshold (``covidnet.threshold``, here evaluate's 0.4).
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +28,7 @@ from covidnet.tracking import MlflowParams
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_serving import _alive, _free_port, _study  # noqa: E402
+from test_serving import _alive, _free_port, _study, running_server  # noqa: E402
 from test_train import PRE, TINY, _cohort, _params, _paths  # noqa: E402
 
 NAME = "covidnet-test"
@@ -84,28 +80,9 @@ def _env() -> dict:
 @pytest.fixture(scope="module")
 def server(registry):
     """`covidnet serve` with no model flag: it serves serve.model_uri, the champion."""
-    tmp, port = registry["tmp"], _free_port()
-    log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "covidnet.cli", "serve", "--port", str(port), "--params",
-                             str(registry["params"])], cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env=_env())
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/v2/models/covidnet/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"server did not become ready:\n{(tmp / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.3)
+    tmp = registry["tmp"]
+    with running_server(["--params", str(registry["params"])], tmp, _env(), tmp / "server.log") as base:
         yield {"base": base}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def test_parse_model_uri():

@@ -7,6 +7,7 @@ S3 study references are fetched from moto's S3 server on loopback (a real HTTP e
 """
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -28,7 +29,7 @@ from covidnet.params import load_params, section
 from covidnet.preprocess import PreprocessParams
 from covidnet.serve import ServeInputError, ServeParams, load_bundle, results, tensor_batch
 from covidnet.serve_client import PredictError, predict, v2_zip_request, zip_folder
-from covidnet.serve_input import decode_base64, extract_zip, studies_from_folder
+from covidnet.serve_input import extract_zip, studies_from_folder
 from covidnet.serve_lesions import lung_abnormality
 from covidnet.synth import SeriesHeader, write_series
 
@@ -52,6 +53,47 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_server(args: list[str], cwd: Path, env: dict, log_path: Path, model: str = NAME,
+                 timeout_s: float = 90.0) -> tuple[subprocess.Popen, str | None]:
+    """``covidnet serve ARGS --port P`` in a subprocess, its output in ``log_path``.
+
+    Returns the process and its base URL once ``/v2/models/<model>/ready`` answers 200, or
+    the process and None when it exits (or is not ready within ``timeout_s``) first.
+    """
+    port = _free_port()
+    with open(log_path, "w") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "covidnet.cli", "serve", "--port", str(port), *args], cwd=cwd,
+                                stdout=log, stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{base}/v2/models/{model}/ready", timeout=2) as r:
+                if r.status == 200:
+                    return proc, base
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.3)
+    return proc, None
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def running_server(args: list[str], cwd: Path, env: dict, log_path: Path, model: str = NAME):
+    """:func:`start_server` that must become ready (else RuntimeError with the log's end); stopped on exit."""
+    proc, base = start_server(args, cwd, env, log_path, model)
+    try:
+        if base is None:
+            raise RuntimeError(f"server did not become ready:\n{log_path.read_text()[-3000:]}")
+        yield base
+    finally:
+        stop_server(proc)
 
 
 def _study(root: Path, uid: str = "s1", skip=(), noise: float = 80.0, seed: int = 0, tissue: float = -100.0,
@@ -136,31 +178,10 @@ def server(tmp_path_factory, s3):
     params["serve"]["qc_margin"] = 0.1
     params["paths"]["calibrator"] = str(tmp / "calibrator.json")
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
-    port = _free_port()
-    log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "covidnet.cli", "serve", "--port", str(port), "--model-dir",
-                             str(tmp / "model"), "--params", str(tmp / "params.yaml")],
-                            cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, **s3["env"], "PYTHONUNBUFFERED": "1"})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/v2/models/{NAME}/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"server did not become ready:\n{(tmp / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.3)
+    with running_server(["--model-dir", str(tmp / "model"), "--params", str(tmp / "params.yaml")], tmp,
+                        {**os.environ, **s3["env"]}, tmp / "server.log") as base:
         yield {"base": base, "infer": f"{base}/v2/models/{NAME}/infer", "v1": f"{base}/v1/models/{NAME}:predict",
                "tmp": tmp, "log": tmp / "server.log"}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def _alive(server) -> None:

@@ -46,10 +46,21 @@ def main() -> None:
             auc = m["auc"]["value"]
             text = "AUC n/a" if auc is None else f"AUC {auc:.3f} (95% CI {m['auc']['ci'][0]:.3f}-{m['auc']['ci'][1]:.3f})"
             rows.append((f"evaluation ({name})", paths.evaluation / name, f"{m['n']} patients, {text}, report.html"))
+    serve = None
+    if paths.decision.is_file():
+        d = json.loads(paths.decision.read_text())
+        alias = "champion" if d["promoted"] else "challenger"
+        failed = "; ".join(r["name"] for r in d["rules"] if not r["passed"])
+        rows.append(("promotion", paths.decision, f"{d['registered_model']} version {d['version']} -> {alias}"
+                     + (f" (gate failed: {failed})" if failed else "")))
+        serve = ".venv/bin/covidnet serve" + ("" if d["promoted"] else
+                                              f" --model-uri models:/{d['registered_model']}@challenger")
     width = max(len(r[0]) for r in rows)
     for name, path, what in rows:
         print(f"  {name:<{width}}  {str(path):<32} {what}")
     print("  MLflow runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db")
+    if serve:
+        print(f"  Serve it:    {serve}   (then: .venv/bin/covidnet predict STUDY_FOLDER --url http://127.0.0.1:8080)")
 
 
 if __name__ == "__main__":

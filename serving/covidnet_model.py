@@ -17,7 +17,7 @@ from kserve import InferOutput, InferRequest, InferResponse
 from kserve.errors import InvalidInput
 
 from covidnet import serve as core
-from covidnet.monitor_serving import ServingMonitor, request_hospital
+from covidnet.monitor_serving import FEEDBACK_ROUTE, ServingMonitor, feedback_endpoint, request_hospital
 from covidnet.params import load_params, section
 from covidnet.predict import score
 from covidnet.serve_http import BodyLimit
@@ -90,6 +90,7 @@ def main(argv=None) -> None:
     model = COVIDNetModel(name, args.model_dir or args.model_uri or sp.model_uri, params)
     model.load()
     kserve.model_server.app.add_middleware(BodyLimit, max_bytes=int(sp.max_body_mb * 2**20))
+    kserve.model_server.app.add_route(FEEDBACK_ROUTE, feedback_endpoint(model.monitor), methods=["POST"])
     kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc,
                        workers=args.workers).start([model])
 

@@ -125,6 +125,20 @@ def test_concurrent_requests_restart_and_metrics(project):
         code, _ = _post(f"{base}/v1/models/{NAME}:predict", {"instances": [{"b64": study}]})
         assert code == 200
         assert len(_rows(project)) == 9
+        # PCR feedback over HTTP beside the model: ids hashed with the server's key, bad lines named
+        csv = ("patient_id,pcr_result,pcr_date\nPAT-1,positive,2024-05-01\nPAT-2,negative,2024-05-02\n"
+               "PAT-3,maybe,2024-05-02\nNOBODY,positive,2024-05-02\n")
+        code, body = _post(f"{base}/covidnet/feedback", csv.encode(), "text/csv")
+        assert code == 200 and body["rows"] == 4 and body["ingested"] == 2, body
+        assert body["rejected"] == {"unparseable pcr_result": [4], "unknown id (no logged prediction)": [5]}
+        assert _post(f"{base}/covidnet/feedback", b"x,y\n1,2\n", "text/csv")[0] == 400
+        assert _post(f"{base}/covidnet/feedback", csv.encode(), "application/json")[0] == 415
+        plog = PredictionLog(f"sqlite:///{project['db']}", KEY.encode(), 30.0)
+        try:
+            fb = plog.feedback()
+        finally:
+            plog.close()
+        assert sorted(fb["patient_hash"]) == sorted(hash_id(KEY.encode(), "patient", f"PAT-{i}") for i in (1, 2))
     finally:
         stop_server(proc)
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import io
 import logging
 import re
 from dataclasses import dataclass, field
@@ -78,7 +79,7 @@ class FeedbackResult:
 
 
 def read_feedback(path: Path | str) -> pd.DataFrame:
-    """The feedback CSV as text columns, with ``line`` (1-based CSV line of each row).
+    """The feedback CSV file as text columns, with ``line`` (see :func:`parse_feedback`).
 
     Raises:
         FeedbackError: missing file, not a CSV, no id column, no ``pcr_result`` or ``pcr_date``.
@@ -86,26 +87,35 @@ def read_feedback(path: Path | str) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FeedbackError(f"{path}: feedback file not found")
+    return parse_feedback(path.read_bytes(), str(path))
+
+
+def parse_feedback(data: bytes, source: str) -> pd.DataFrame:
+    """Feedback CSV content as text columns, with ``line`` (1-based CSV line of each row).
+
+    Raises:
+        FeedbackError: not UTF-8 CSV, no id column, no ``pcr_result`` or ``pcr_date`` (naming ``source``).
+    """
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=True)
+        text = data.decode("utf-8-sig")
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=True)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise FeedbackError(f"{path}: not a readable CSV ({exc})") from None
+        raise FeedbackError(f"{source}: not a readable CSV ({exc})") from None
     frame.columns = [str(c).strip() for c in frame.columns]
     ids = [c for c in ("patient_hash", "patient_id") if c in frame.columns]
     missing = [c for c in ("pcr_result", "pcr_date") if c not in frame.columns]
     if len(ids) != 1 or missing:
-        raise FeedbackError(f"{path}: expected columns patient_hash (or patient_id), pcr_result, pcr_date; found "
+        raise FeedbackError(f"{source}: expected columns patient_hash (or patient_id), pcr_result, pcr_date; found "
                             f"{list(frame.columns)}" + (" (give patient_hash or patient_id, not both)"
                                                         if len(ids) == 2 else ""))
     # Line numbers: the header is line 1; blank lines were skipped, so count them back in.
-    text_lines = path.read_text(errors="replace").splitlines()
-    data_lines = [i + 1 for i, line in enumerate(text_lines) if line.strip()][1:]
+    data_lines = [i + 1 for i, line in enumerate(text.splitlines()) if line.strip()][1:]
     frame["line"] = data_lines[:len(frame)]
     return frame
 
 
 def ingest_feedback(path: Path | str, plog) -> FeedbackResult:
-    """Check a feedback CSV row by row and ingest its good rows (module docstring).
+    """Check a feedback CSV file row by row and ingest its good rows (module docstring).
 
     Args:
         path: the CSV.
@@ -114,9 +124,14 @@ def ingest_feedback(path: Path | str, plog) -> FeedbackResult:
     Raises:
         FeedbackError: the file cannot be read at all; ``patient_id`` given but the log has no key.
     """
+    return ingest_feedback_frame(read_feedback(path), plog, str(path))
+
+
+def ingest_feedback_frame(frame: pd.DataFrame, plog, source: str) -> FeedbackResult:
+    """Check parsed feedback rows (:func:`parse_feedback`) and ingest the good ones; ``source``
+    names them in the result and is stored with each row (its last path component)."""
     from covidnet.predlog import hash_id
 
-    frame = read_feedback(path)
     rejected: dict[str, list[int]] = {}
 
     def reject(reason: str, lines) -> None:
@@ -125,7 +140,7 @@ def ingest_feedback(path: Path | str, plog) -> FeedbackResult:
     raw_ids = frame["patient_hash" if "patient_hash" in frame else "patient_id"].str.strip()
     if "patient_id" in frame:
         if plog.key is None:
-            raise FeedbackError(f"{path}: patient_id needs the hash key; open the log with its key")
+            raise FeedbackError(f"{source}: patient_id needs the hash key; open the log with its key")
         hashes = raw_ids.map(lambda v: hash_id(plog.key, "patient", v) if v else "")
         bad_id = raw_ids == ""
         id_rule = "empty patient_id"
@@ -151,12 +166,12 @@ def ingest_feedback(path: Path | str, plog) -> FeedbackResult:
     if unknown.any():
         reject("unknown id (no logged prediction)", frame.loc[unknown, "line"])
     ok &= ~unknown
-    rows = [{"patient_hash": h, "pcr_positive": bool(r), "pcr_date": d, "source": Path(path).name}
+    rows = [{"patient_hash": h, "pcr_positive": bool(r), "pcr_date": d, "source": Path(source).name}
             for h, r, d in zip(hashes[ok], results[ok], dates[ok])]
     inserted, present = plog.add_feedback(rows)
     if present:
         reject("already has a PCR result in the log", frame.loc[ok & hashes.isin(set(present)), "line"])
-    result = FeedbackResult(source=str(path), rows=int(len(frame)), ingested=inserted,
+    result = FeedbackResult(source=source, rows=int(len(frame)), ingested=inserted,
                             rejected={k: sorted(v) for k, v in rejected.items()})
     log.info("feedback: %s", result.summary())
     return result

@@ -12,18 +12,26 @@ Per request, :meth:`ServingMonitor.record` appends one row per answered study in
 transaction and then updates the metrics; the server calls it before the response is sent,
 so an answer the client sees is always in the log. The hospital is the request's
 ``hospital`` parameter (:func:`request_hospital`), else each study's DICOM InstitutionName.
+
+PCR results can also arrive over HTTP beside the model's routes (:func:`feedback_endpoint`,
+``POST /covidnet/feedback`` with a ``text/csv`` body): the same checks and table as
+``covidnet monitor feedback FILE``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from covidnet.predlog import Prediction, PredictionLog, PredLogError, predictions_from_answers
 
 log = logging.getLogger(__name__)
+
+#: The HTTP route of PCR feedback beside the model server's routes.
+FEEDBACK_ROUTE = "/covidnet/feedback"
 
 
 def request_hospital(payload: Any) -> str | None:
@@ -96,3 +104,32 @@ class ServingMonitor:
         """Unregister the metrics and release the log's connections."""
         self.metrics.close()
         self.log.close()
+
+
+def feedback_endpoint(monitor: ServingMonitor) -> Callable[[Any], Awaitable[Any]]:
+    """A Starlette endpoint (``app.add_route``) for :data:`FEEDBACK_ROUTE`: PCR feedback CSV into the log.
+
+    The body is the CSV of ``covidnet monitor feedback`` (``patient_hash`` or ``patient_id``,
+    ``pcr_result``, ``pcr_date``; ids hashed with the server's key). Answers 200 with the counts
+    and the rejected CSV lines by reason, 400 when the CSV cannot be read at all, 415 for another
+    content type. The body size is capped by the server's body limit (``serve.max_body_mb``).
+    """
+    from starlette.responses import JSONResponse
+
+    from covidnet.monitor_feedback import FeedbackError, ingest_feedback_frame, parse_feedback
+
+    async def feedback(request) -> JSONResponse:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind not in ("text/csv", "application/csv"):
+            return JSONResponse({"error": f"content type {kind or 'none'!r}: send PCR results as text/csv with "
+                                          "columns patient_hash (or patient_id), pcr_result, pcr_date"},
+                                status_code=415)
+        try:
+            frame = parse_feedback(await request.body(), "request body")
+            result = await asyncio.to_thread(ingest_feedback_frame, frame, monitor.log, "http")
+        except FeedbackError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"rows": result.rows, "ingested": result.ingested, "rejected": result.rejected,
+                             "summary": result.summary()})
+
+    return feedback

@@ -1,7 +1,13 @@
-"""Shared fixtures: moto's S3 server on loopback, and the environment for git / DVC subprocesses."""
+"""Shared fixtures: moto's S3 server and a PostgreSQL server on loopback, the environment for git / DVC."""
 
+import glob
 import os
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,3 +87,45 @@ def _write_toy_tensors(root: Path, n_train: int = 12, n_val: int = 4, shape=(1, 
 def toy_tensors():
     """``toy_tensors(root, n_train=12, n_val=4)`` writes tiny toy tensors (see :func:`_write_toy_tensors`)."""
     return _write_toy_tensors
+
+
+def _postgres_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return versions[-1] if versions else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL server on 127.0.0.1 (initdb + pg_ctl from the machine's PostgreSQL,
+    trust authentication, its own data folder); yields a SQLAlchemy URL (psycopg driver).
+
+    PostgreSQL refuses to run as root, so as root the server runs as the ``postgres`` user.
+    Skipped, saying so, where no PostgreSQL server binaries are installed.
+    """
+    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+    as_user: list[str] = []
+    data = Path(tempfile.mkdtemp(prefix="covidnet-pg-"))
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(data, "postgres", "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = dict(capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([*as_user, initdb, "-D", str(data / "db"), "--auth=trust", "-U", "postgres",
+                           "--no-sync"], **run)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([*as_user, pg_ctl, "-D", str(data / "db"), "-l", str(data / "server.log"), "-w", "start",
+                           "-o", f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off"], **run)
+    assert proc.returncode == 0, proc.stderr + (data / "server.log").read_text()
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data / "db"), "-m", "fast", "-w", "stop"], **run)
+        time.sleep(0.1)
+        shutil.rmtree(data, ignore_errors=True)

@@ -66,15 +66,31 @@ def test_url_precedence(monkeypatch, tmp_path):
         _lp(key_env="not a name")
 
 
-def test_rows_survive_reopening(tmp_path):
-    """Rows written, the log closed (a server restart), a new log on the same file reads them back."""
-    url = f"sqlite:///{tmp_path / 'sub' / 'predictions.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def log_url(request, tmp_path):
+    """The log's database: a SQLite file (the default), and a real PostgreSQL server (the cluster's)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sub' / 'predictions.db'}"  # the folder is created
+    url = request.getfixturevalue("postgres_url")
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)  # a clean database per test
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS feedback, predictions CASCADE")
+    engine.dispose()
+    return url
+
+
+def test_rows_survive_reopening(log_url):
+    """Rows written, the log closed (a server restart), a new log on the same database reads them back."""
+    url = log_url
     first = PredictionLog(url, KEY, 30.0)
     assert first.append([_row(i) for i in range(3)]) == 3
     assert first.append([]) == 0
-    with first.engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    if first.sqlite:
+        with first.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
     first.close()
     again = PredictionLog(url, KEY, 30.0)
     assert again.append([_row(70, version="v2")]) == 1
@@ -102,10 +118,10 @@ def _append_in_process(url: str, start: int, n: int, barrier) -> None:
     plog.close()
 
 
-def test_concurrent_writers_lose_nothing(tmp_path):
+def test_concurrent_writers_lose_nothing(log_url):
     """32 threads sharing one log (as the server's worker threads do) and 4 processes with their own
     connections, all released at once by a barrier: exactly as many rows as appends."""
-    url = f"sqlite:///{tmp_path / 'predictions.db'}"
+    url = log_url
     plog = PredictionLog(url, KEY, 30.0)
     n_threads = 32
     barrier = threading.Barrier(n_threads)

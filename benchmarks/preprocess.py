@@ -72,7 +72,7 @@ def main() -> None:
 
     from covidnet.dicom import SeriesParams, assess_series, files_frame, find_files, read_header, read_headers
     from covidnet.preprocess import PreprocessParams, clip_scale, crop_start, preprocess_series
-    from covidnet.synth import write_benchmark_series
+    from covidnet.dicom_writer import write_benchmark_series
 
     params = PreprocessParams(hu_min=-1024.0, hu_max=1024.0, depth=args.depth, size=args.size, crop=args.crop,
                               dtype="float32", body_hu=-500.0, lung_hu=(-950.0, -400.0), workers=1)

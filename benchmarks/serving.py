@@ -1,6 +1,6 @@
 """Benchmark: the KServe server on loopback against the same work in-process, time and memory.
 
-Writes one SYNTHETIC 512 x 512 series of 300 slices (``covidnet.synth.write_benchmark_series``)
+Writes one SYNTHETIC 512 x 512 series of 300 slices (``covidnet.dicom_writer.write_benchmark_series``)
 and zips it as ``covidnet predict`` does (``covidnet.serve_client.zip_folder``). With the model
 folder ``--model-dir`` (an untrained network of the params' ``model`` section when the folder
 holds none: the timings do not depend on the weights) and ``--params``:
@@ -221,7 +221,7 @@ def main() -> None:
     from covidnet.params import load_params
     from covidnet.serve import load_bundle
     from covidnet.serve_client import answers, v2_zip_request, zip_folder
-    from covidnet.synth import write_benchmark_series
+    from covidnet.dicom_writer import write_benchmark_series
 
     volume_mib = args.slices * args.matrix**2 * 2 / 2**20
     report: dict = {"machine": {"python": platform.python_version(), "torch": torch.__version__,

@@ -20,7 +20,7 @@ from covidnet.dicom import (
     read_stored,
     read_volume_hu,
 )
-from covidnet.synth import SeriesHeader, stored_encoding, write_series
+from covidnet.dicom_writer import SeriesHeader, stored_encoding, write_series
 
 PARAMS = SeriesParams(min_slices=8, max_gap_ratio=1.5, duplicate_tol_mm=0.01, orientation_tol=1e-3, axial_tol=0.1,
                       workers=1)

@@ -8,7 +8,7 @@ import pytest
 
 from covidnet.dicom import SeriesParams, SeriesReadError, index_tree, read_volume_hu
 from covidnet.preprocess import PreprocessParams, clip_scale, preprocess_cohort, preprocess_series, resize_crop
-from covidnet.synth import SeriesHeader, write_series
+from covidnet.dicom_writer import SeriesHeader, write_series
 
 SERIES = SeriesParams(min_slices=4, max_gap_ratio=1.5, duplicate_tol_mm=0.01, orientation_tol=1e-3, axial_tol=0.1,
                       workers=1)

@@ -2,7 +2,7 @@
 
 A tiny model is trained in a fixture (as tests/test_train.py does) and served from its folder
 (``--model-dir``; serving by MLflow URI is tests/test_serve_source.py); studies are real DICOM
-files written by :func:`covidnet.synth.write_series`, zipped and posted as the clients do.
+files written by :func:`covidnet.dicom_writer.write_series`, zipped and posted as the clients do.
 S3 study references are fetched from moto's S3 server on loopback (a real HTTP endpoint).
 """
 
@@ -31,7 +31,7 @@ from covidnet.serve import ServeInputError, ServeParams, load_bundle, results, t
 from covidnet.serve_client import PredictError, predict, v2_zip_request, zip_folder
 from covidnet.serve_input import extract_zip, studies_from_folder
 from covidnet.serve_lesions import lung_abnormality
-from covidnet.synth import SeriesHeader, write_series
+from covidnet.dicom_writer import SeriesHeader, write_series
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -12,14 +12,8 @@ import pytest
 
 from covidnet.cohort import LABELS, PATIENT_COLUMNS, SCAN_COLUMNS, read_manifest
 from covidnet.params import ParamsError, load_params, section
-from covidnet.synth import (
-    CODECS,
-    PLANTED_FILE,
-    SeriesHeader,
-    SynthParams,
-    synthesize,
-    write_series,
-)
+from covidnet.dicom_writer import CODECS, SeriesHeader, write_series
+from covidnet.synth import PLANTED_FILE, SynthParams, synthesize
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 

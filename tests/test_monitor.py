@@ -14,7 +14,8 @@ from covidnet import cli
 from covidnet.monitor import ALARM_EXIT, drift_report, find_reference, monitor_params, parse_time, time_window
 from covidnet.params import load_params
 from covidnet.predlog import Prediction, PredictionLog, hash_id
-from covidnet.reference import QC_COLUMNS, ReferenceError
+from covidnet.preprocess import QC_VALUES
+from covidnet.reference import ReferenceError
 from covidnet.serve import model_version
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def rows(version: str, n: int, start: dt.datetime, seed: int, noise: float = 15.
                        probability=float(scores[i]), threshold=0.5,
                        decision="covid19" if scores[i] >= 0.5 else "other_pneumonia", hospital=hospital,
                        patient_hash=hash_id(KEY, "patient", f"{seed}-{i}"), study_hash=None,
-                       qc={c: float(qc[c][i]) for c in QC_COLUMNS}) for i in range(n)]
+                       qc={c: float(qc[c][i]) for c in QC_VALUES}) for i in range(n)]
 
 
 @pytest.fixture()

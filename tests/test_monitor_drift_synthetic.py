@@ -25,7 +25,7 @@ from covidnet import cli
 from covidnet.monitor import monitor_params
 from covidnet.params import load_params
 from covidnet.predlog import Prediction, PredictionLog
-from covidnet.reference import QC_COLUMNS
+from covidnet.preprocess import QC_VALUES
 from covidnet.serve import model_version
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def _model(root: Path, reference_qc: pd.DataFrame) -> Path:
 def _log_window(plog: PredictionLog, qc: pd.DataFrame, version: str, start: dt.datetime) -> None:
     plog.append([Prediction(request_id=f"{start:%d}-{i}", time=start + dt.timedelta(minutes=i), model_name="covidnet",
                             model_version=version, score=0.5, probability=0.5, threshold=0.5, decision="covid19",
-                            hospital=str(r["hospital"]), qc={c: float(r[c]) for c in QC_COLUMNS})
+                            hospital=str(r["hospital"]), qc={c: float(r[c]) for c in QC_VALUES})
                  for i, (_, r) in enumerate(qc.iterrows())])
 
 

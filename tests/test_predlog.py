@@ -12,7 +12,7 @@ import pytest
 from covidnet.params import ParamsError, load_params
 from covidnet.predlog import (INSECURE_KEY, LogParams, Prediction, PredictionLog, PredLogError, hash_id,
                               predictions_from_answers, resolve_key, resolve_url)
-from covidnet.reference import QC_COLUMNS
+from covidnet.preprocess import QC_VALUES
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = b"0123456789abcdef0123456789abcdef"
@@ -25,7 +25,7 @@ def _lp(**changes) -> LogParams:
 
 
 def _row(i: int, version: str = "v1", t: dt.datetime | None = None, **kw) -> Prediction:
-    qc = {c: float(i) for c in QC_COLUMNS}
+    qc = {c: float(i) for c in QC_VALUES}
     return Prediction(request_id=f"r{i}", time=t or dt.datetime(2024, 5, 1, 12, 0, i % 60, tzinfo=dt.timezone.utc),
                       model_name="covidnet", model_version=version, score=i / 100, probability=i / 100,
                       threshold=0.5, decision="covid19" if i >= 50 else "other_pneumonia", hospital="h1",

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from covidnet.dicom import SeriesParams, SeriesReadError, index_tree, read_volume_hu
-from covidnet.preprocess import PreprocessParams, clip_scale, preprocess_cohort, preprocess_series, resize_crop
+from covidnet.preprocess import QC_VALUES, PreprocessParams, clip_scale, preprocess_cohort, preprocess_series, resize_crop
 from covidnet.dicom_writer import SeriesHeader, write_series
 
 SERIES = SeriesParams(min_slices=4, max_gap_ratio=1.5, duplicate_tol_mm=0.01, orientation_tol=1e-3, axial_tol=0.1,
@@ -53,7 +53,8 @@ def test_fast_path_equals_whole_volume_reference(tmp_path, codec, slope, interce
     assert 0.0 <= ours.min() and ours.max() <= 1.0
     # the shape is learnt from the first slice when not given
     np.testing.assert_allclose(preprocess_series(files, tmp_path, p, with_qc=False)[0], ours, atol=0)
-    assert set(qc) >= {"hu_p50", "lung_fraction", "noise_hu"}
+    assert set(qc) == set(QC_VALUES) and qc["n_slices"] == len(files)
+    assert qc["slice_spacing_mm"] == pytest.approx(float(np.median(np.diff(files["position_mm"]))))
 
 
 def test_matches_monai_chain(tmp_path):

@@ -16,7 +16,8 @@ import torch
 
 from covidnet.params import load_params, section
 from covidnet.predict import load_model, score, sigmoid
-from covidnet.reference import QC_COLUMNS, ReferenceError, load_reference, reference_tables
+from covidnet.preprocess import QC_VALUES
+from covidnet.reference import ReferenceError, load_reference, reference_tables
 from covidnet.serve import ServeParams, load_qc_reference, qc_reference
 from covidnet.train import train_model
 
@@ -52,7 +53,7 @@ def test_train_writes_the_reference_profile(tmp_path):
     ref_qc = pd.read_csv(paths.model / card["qc_reference"])
     train = index[index.split == "train"]
     assert len(ref_qc) == len(train) and set(ref_qc["split"]) == {"train"}  # no val scan, no failed scan
-    assert set(QC_COLUMNS) <= set(ref_qc.columns)
+    assert set(QC_VALUES) <= set(ref_qc.columns)
     assert not {"scan_id", "study_uid", "series_uid", "error"} & set(ref_qc.columns)  # no identifiers
     assert sorted(ref_qc["noise_hu"]) == [10.0 + i for i in range(len(train))]  # train rows come first in index
 

@@ -66,11 +66,11 @@ class DriftParams:
         for name, ok, rule in checks:
             if not ok:
                 raise ParamsError(f"monitor.drift.{name} {rule}, got {getattr(self, name)!r}")
-        from covidnet.reference import QC_COLUMNS
+        from covidnet.preprocess import QC_VALUES
 
-        unknown = [f for f in self.features if f not in QC_COLUMNS]
+        unknown = [f for f in self.features if f not in QC_VALUES]
         if unknown:
-            raise ParamsError(f"monitor.drift.features: {unknown} not QC values; known: {list(QC_COLUMNS)}")
+            raise ParamsError(f"monitor.drift.features: {unknown} not QC values; known: {list(QC_VALUES)}")
         if self.min_drifted > len(self.features) + int(self.score):
             raise ParamsError(f"monitor.drift.min_drifted {self.min_drifted} exceeds the {len(self.series)} "
                               "monitored series: the alarm could never fire")

@@ -9,7 +9,7 @@ which wins). Two tables (SQLAlchemy Core, created when missing):
     InstitutionName), ``model_name``, ``model_version``, ``mlflow_run_id`` (the training run,
     where the model's reference profile is), ``patient_hash``, ``study_hash``,
     ``score`` (the network's sigmoid output), ``probability`` (calibrated), ``threshold``,
-    ``decision``, one column per QC value (:data:`covidnet.reference.QC_COLUMNS`) and
+    ``decision``, one column per QC value (:data:`covidnet.preprocess.QC_VALUES`) and
     ``qc_out_of_range`` (the QC fields outside the training range, comma-separated).
 ``feedback``
     one PCR result per patient: ``patient_hash`` (unique), ``pcr_positive``, ``pcr_date``,
@@ -45,7 +45,7 @@ from typing import Any
 import pandas as pd
 
 from covidnet.params import ParamsError
-from covidnet.reference import QC_COLUMNS
+from covidnet.preprocess import QC_VALUES
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class Prediction:
     qc_out_of_range: tuple[str, ...] | None = None
 
     def row(self) -> dict[str, Any]:
-        qc = {c: _float_or_none(self.qc.get(c)) for c in QC_COLUMNS}
+        qc = {c: _float_or_none(self.qc.get(c)) for c in QC_VALUES}
         return {"request_id": self.request_id, "time": utc_naive(self.time), "hospital": self.hospital,
                 "model_name": self.model_name, "model_version": self.model_version,
                 "mlflow_run_id": self.mlflow_run_id, "patient_hash": self.patient_hash, "study_hash": self.study_hash, "score": float(self.score),
@@ -214,7 +214,7 @@ def _tables():
         sa.Column("probability", sa.Float, nullable=False),
         sa.Column("threshold", sa.Float, nullable=False),
         sa.Column("decision", sa.String(32), nullable=False),
-        *[sa.Column(c, sa.Float) for c in QC_COLUMNS],
+        *[sa.Column(c, sa.Float) for c in QC_VALUES],
         sa.Column("qc_out_of_range", sa.String(256)),
     )
     feedback = sa.Table(

@@ -41,6 +41,14 @@ INDEX_COLUMNS = ("scan_id", "patient_id", "study_uid", "series_uid", "hospital",
                  "scan_date", "path")
 
 
+#: QC values measured on the pixels of a series (:func:`_qc`): HU percentiles inside the body,
+#: the lung fraction and the noise in HU.
+PIXEL_QC = ("hu_p05", "hu_p25", "hu_p50", "hu_p75", "hu_p95", "lung_fraction", "noise_hu")
+#: Every per-scan QC value :func:`preprocess_series` returns: the pixel ones and the series'
+#: slice count and median slice spacing (mm). The drift reference and the prediction log use these.
+QC_VALUES = (*PIXEL_QC, "n_slices", "slice_spacing_mm")
+
+
 @dataclass(frozen=True)
 class PreprocessParams:
     """The ``preprocess`` section of params.yaml."""
@@ -182,8 +190,9 @@ def preprocess_series(files: pd.DataFrame, root: Path | str, params: PreprocessP
         with_qc: also compute the QC values (from a sample of the slices read).
 
     Returns:
-        ``(tensor, qc)``: the ``(1, depth, crop, crop)`` float32 tensor in [0, 1] and a dict
-        of QC values (empty when ``with_qc`` is False).
+        ``(tensor, qc)``: the ``(1, depth, crop, crop)`` float32 tensor in [0, 1] and the
+        :data:`QC_VALUES` (empty when ``with_qc`` is False; ``slice_spacing_mm`` is NaN for a
+        single slice).
 
     Raises:
         SeriesReadError: a slice cannot be read, or has another size than the first.
@@ -227,7 +236,11 @@ def preprocess_series(files: pd.DataFrame, root: Path | str, params: PreprocessP
     vol = _lerp(blocks, lo, hi, d_w, axis=0)
     vol = _lerp(vol, r_lo - r0, r_hi - r0, r_w, axis=1)
     vol = _lerp(vol, c_lo - c0, c_hi - c0, c_w, axis=2)
-    qc = _qc(np.stack(qc_slices), params) if with_qc else {}
+    qc = {}
+    if with_qc:
+        positions = files["position_mm"].to_numpy(np.float64)
+        qc = {**_qc(np.stack(qc_slices), params), "n_slices": n,
+              "slice_spacing_mm": float(np.median(np.diff(positions))) if n > 1 else float("nan")}
     return np.ascontiguousarray(vol)[None], qc
 
 
@@ -270,11 +283,7 @@ def _one_scan(args: tuple[dict, pd.DataFrame, tuple[int, int], str, str, Preproc
     if tensor_path.is_file() and qc_path.is_file():
         return {**json.loads(qc_path.read_text()), "reused": True}
     tensor, qc = preprocess_series(files, root, params, shape=shape)
-    qc = {
-        "scan_id": sid, **qc,
-        "n_slices": int(len(files)),
-        "slice_spacing_mm": float(np.median(np.diff(files["position_mm"]))) if len(files) > 1 else float("nan"),
-    }
+    qc = {"scan_id": sid, **qc}
     with atomic_path(qc_path) as tmp:
         tmp.write_text(json.dumps(qc))
     with atomic_path(tensor_path) as tmp:

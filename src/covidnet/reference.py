@@ -5,7 +5,7 @@ to MLflow as the run's ``covidnet`` artifact folder, hence with every registered
 
 ``reference/qc.csv``
     one row per scan of the *training* split that preprocessing read without error: the
-    per-scan QC values of ``preprocess``'s ``qc.csv`` (:data:`QC_COLUMNS`: HU percentiles in
+    per-scan QC values of ``preprocess``'s ``qc.csv`` (:data:`covidnet.preprocess.QC_VALUES`: HU percentiles in
     the body, lung fraction, noise in HU, slice count, slice spacing in mm), the hospital and
     the scanner columns. Scan, study and series UIDs are left out: the reference needs none.
 ``reference/val_scores.csv``
@@ -28,14 +28,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from covidnet.preprocess import QC_VALUES
+
 log = logging.getLogger(__name__)
 
 REFERENCE_DIR = "reference"
 QC_FILE = f"{REFERENCE_DIR}/qc.csv"
 SCORES_FILE = f"{REFERENCE_DIR}/val_scores.csv"
-#: The per-scan QC values that preprocessing writes to qc.csv and serving computes per study.
-QC_COLUMNS = ("hu_p05", "hu_p25", "hu_p50", "hu_p75", "hu_p95", "lung_fraction", "noise_hu", "n_slices",
-              "slice_spacing_mm")
 #: Descriptive columns kept beside them (no identifiers).
 _CONTEXT_COLUMNS = ("hospital", "split", "manufacturer", "model", "kernel")
 
@@ -49,7 +48,7 @@ class Reference:
     """A model's reference profile: training QC values and validation scores.
 
     Attributes:
-        qc: one row per training scan, columns :data:`QC_COLUMNS` (and context columns).
+        qc: one row per training scan, columns :data:`covidnet.preprocess.QC_VALUES` (and context columns).
         scores: ``(n,)`` raw validation scores in [0, 1], or None when the model has none.
         source: where it was read from (for reports).
     """
@@ -64,7 +63,7 @@ def reference_tables(qc: pd.DataFrame | None, train_scan_ids: list[str], val: pd
     """The two reference tables from preprocess's ``qc.csv`` and the best epoch's validation scores.
 
     Args:
-        qc: ``preprocess``'s QC table (``scan_id``, ``error``, :data:`QC_COLUMNS`, ...), or None.
+        qc: ``preprocess``'s QC table (``scan_id``, ``error``, :data:`covidnet.preprocess.QC_VALUES`, ...), or None.
         train_scan_ids: the scans the model was trained on; only their rows are kept.
         val: the validation rows of the preprocessed index (``label``, ``hospital``), in the
             order of ``val_scores``.
@@ -80,13 +79,13 @@ def reference_tables(qc: pd.DataFrame | None, train_scan_ids: list[str], val: pd
 
     qc_table = None
     if qc is not None:
-        missing = [c for c in ("scan_id", *QC_COLUMNS) if c not in qc.columns]
+        missing = [c for c in ("scan_id", *QC_VALUES) if c not in qc.columns]
         if missing:
             raise ReferenceError(f"qc.csv: missing column(s) {missing}; expected preprocess's QC table")
         rows = qc[qc["scan_id"].astype(str).isin(set(map(str, train_scan_ids)))]
         if "error" in rows:
             rows = rows[rows["error"].fillna("").astype(str) == ""]
-        keep = [c for c in _CONTEXT_COLUMNS if c in rows.columns] + list(QC_COLUMNS)
+        keep = [c for c in _CONTEXT_COLUMNS if c in rows.columns] + list(QC_VALUES)
         qc_table = rows[keep].reset_index(drop=True)
     if val_scores is None:
         return qc_table, None
@@ -123,7 +122,7 @@ def load_reference(model_dir: Path | str, card: dict | None = None) -> Reference
     if not qc_path.is_file():
         raise ReferenceError(f"{qc_path}: the model card's qc_reference file is missing")
     qc = pd.read_csv(qc_path)
-    missing = [c for c in QC_COLUMNS if c not in qc.columns]
+    missing = [c for c in QC_VALUES if c not in qc.columns]
     if missing:
         raise ReferenceError(f"{qc_path}: missing QC column(s) {missing}")
     scores = None

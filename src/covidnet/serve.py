@@ -33,7 +33,7 @@ import numpy as np
 from covidnet.dicom import SeriesParams
 from covidnet.metrics import Calibrator
 from covidnet.params import ParamsError
-from covidnet.preprocess import PreprocessParams
+from covidnet.preprocess import PIXEL_QC, PreprocessParams
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +97,10 @@ class Study:
     info: dict[str, Any]
 
 
-QC_FIELDS = ("hu_p05", "hu_p25", "hu_p50", "hu_p75", "hu_p95", "lung_fraction", "noise_hu")
-
-
 def qc_reference(table, percentiles: tuple[float, float] = (1.0, 99.0), margin: float = 0.0,
                  source: str = "qc.csv") -> dict[str, Any]:
-    """Reference range of each QC value from a training QC table (``preprocess``'s ``qc.csv``).
+    """Reference range of each pixel QC value (:data:`covidnet.preprocess.PIXEL_QC`) from a training
+    QC table (``preprocess``'s ``qc.csv``).
 
     Rows with an ``error`` are dropped; when a ``split`` column names a ``train`` split, only its
     rows count. Each range is the ``percentiles`` of the column, widened by ``margin`` times its
@@ -114,7 +112,7 @@ def qc_reference(table, percentiles: tuple[float, float] = (1.0, 99.0), margin: 
     if "split" in t and (t["split"] == "train").any():
         t = t[t["split"] == "train"]
     ranges = {}
-    for f in QC_FIELDS:
+    for f in PIXEL_QC:
         v = t[f].dropna().to_numpy(float) if f in t else np.empty(0)
         if v.size:
             lo, hi = np.percentile(v, percentiles)
@@ -147,7 +145,7 @@ def qc_check(qc: dict | None, reference: dict | None) -> dict | None:
         return None
     ranges = (reference or {}).get("ranges", {})
     fields = {}
-    for f in QC_FIELDS:
+    for f in PIXEL_QC:
         v, r = qc.get(f), ranges.get(f)
         ok = None if v is None or r is None else bool(r[0] <= v <= r[1])
         fields[f] = {"value": v, "in_range": ok, "range": r}

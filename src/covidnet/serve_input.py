@@ -108,8 +108,6 @@ def studies_from_folder(root: Path | str, series: SeriesParams, preprocess: Prep
                                                                   preprocess.body_hu, serve)
         except SeriesReadError as exc:
             raise ServeInputError(f"{label}: series {row['series_uid']}: {exc}") from None
-        qc = {**qc, "n_slices": int(len(files)),
-              "slice_spacing_mm": float(np.median(np.diff(files["position_mm"]))) if len(files) > 1 else None}
         out.append(Study(tensor.astype(np.float32), {
             "study_uid": str(study_uid), "series_uid": str(row["series_uid"]), "patient_id": str(row["patient_id"]),
             "selection": str(row["selection"]), "qc": {k: _json_float(v) for k, v in qc.items()},

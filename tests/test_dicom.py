@@ -86,6 +86,7 @@ def test_round_trip_exact_hu_in_slice_order(tmp_path: Path, codec: str, intercep
     assert row["eligible"] and row["selected"], row["reason"]
     assert row["n_slices"] == shape[0] and (row["rows"], row["columns"]) == shape[1:]
     assert row["slice_spacing_mm"] == pytest.approx(SPACING[0])
+    assert row["institution"] == SeriesHeader().institution  # InstitutionName, the log's hospital
     files = index.files
     # write_series puts slice 0 most cranial (highest z); the index orders by ascending z.
     assert list(files["path"]) == _rel(written[::-1], tmp_path)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 SERIES_COLUMNS = (
     "patient_id", "study_uid", "series_uid", "study_date", "modality", "series_description",
-    "image_type", "contrast", "manufacturer", "model", "kernel", "transfer_syntax", "rows",
+    "image_type", "contrast", "institution", "manufacturer", "model", "kernel", "transfer_syntax", "rows",
     "columns", "n_files", "n_slices", "pixel_spacing_mm", "slice_thickness_mm",
     "slice_spacing_mm", "eligible", "reason", "selected", "selection",
 )
@@ -66,6 +66,7 @@ class SliceHeader:
     image_type: str
     series_description: str
     contrast_agent: str
+    institution: str
     manufacturer: str
     model: str
     kernel: str
@@ -222,6 +223,7 @@ def read_header(path: Path | str) -> SliceHeader | str:
         image_type=_text(ds, "ImageType", ascii_only=True),
         series_description=_text(ds, "SeriesDescription"),
         contrast_agent=_text(ds, "ContrastBolusAgent"),
+        institution=_text(ds, "InstitutionName"),
         manufacturer=_text(ds, "Manufacturer"),
         model=_text(ds, "ManufacturerModelName"),
         kernel=_text(ds, "ConvolutionKernel"),
@@ -406,6 +408,7 @@ def _series_row(slices: Sequence[SliceHeader], assessment: SeriesAssessment) -> 
         "series_description": first.series_description,
         "image_type": first.image_type,
         "contrast": bool(first.contrast_agent),
+        "institution": first.institution,
         "manufacturer": first.manufacturer,
         "model": first.model,
         "kernel": first.kernel,

@@ -111,20 +111,13 @@ def studies_from_folder(root: Path | str, series: SeriesParams, preprocess: Prep
         out.append(Study(tensor.astype(np.float32), {
             "study_uid": str(study_uid), "series_uid": str(row["series_uid"]), "patient_id": str(row["patient_id"]),
             "selection": str(row["selection"]), "qc": {k: _json_float(v) for k, v in qc.items()},
-            "lesions": lesions, "institution": _institution(root, files)}))
+            "lesions": lesions, "institution": _text_or_none(row["institution"])}))
     return out
 
 
-def _institution(root: Path | str, files) -> str | None:
-    """The series' DICOM InstitutionName (0008,0080) from its first file: the hospital the prediction log records."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(Path(root) / files["path"].iloc[0], stop_before_pixels=True,
-                             specific_tags=["InstitutionName"])
-    except (OSError, pydicom.errors.InvalidDicomError):
-        return None
-    return str(ds.get("InstitutionName", "")).strip() or None
+def _text_or_none(v: Any) -> str | None:
+    """A header text (e.g. the InstitutionName the prediction log records), None when empty."""
+    return v.strip() or None if isinstance(v, str) else None
 
 
 def _json_float(v: Any) -> Any:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from covidnet.params import load_params
+from covidnet.params import is_synthetic, load_params
 from covidnet.stages import Paths
 
 
@@ -19,7 +19,7 @@ def _size(path: Path) -> str:
 def main() -> None:
     params = load_params()
     paths = Paths.from_params(params)
-    synthetic = params.get("data", {}).get("source") == "synthetic"
+    synthetic = is_synthetic(params)
     print()
     print(f"== COVIDNet: profile '{params['profile']}'" + (" -- SYNTHETIC cohort ==" if synthetic else " =="))
     print((paths.flow / "flow.md").read_text())

@@ -214,7 +214,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from covidnet import stages
-    from covidnet.params import load_params
+    from covidnet.params import is_synthetic, load_params
 
     if args.command == "model":
         from covidnet.model import BUILDERS, format_summary, model_summary
@@ -244,7 +244,7 @@ def _run(args: argparse.Namespace) -> int:
     paths = stages.Paths.from_params(params, **overrides)
     progress = not args.quiet
     cmd = args.command
-    synthetic = " (SYNTHETIC cohort)" if params.get("data", {}).get("source") == "synthetic" else ""
+    synthetic = " (SYNTHETIC cohort)" if is_synthetic(params) else ""
 
     if cmd == "synth":
         s = stages.run_synth(params, paths)
@@ -317,10 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     from covidnet.split import SplitError
     from covidnet.evaluate import PredictionsError
     from covidnet.promote import PromoteError
+    from covidnet.predlog import PredLogError
     from covidnet.serve_client import PredictError
     from covidnet.train import ResumeError, TrainDataError
-
-    from covidnet.predlog import PredLogError
 
     try:
         return _run(args)

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from covidnet.drift import SCORE, DriftParams, window_verdict
-from covidnet.params import ParamsError
+from covidnet.params import ParamsError, is_synthetic
 from covidnet.predlog import LogParams
 from covidnet.reference import Reference, ReferenceError, load_reference
 
@@ -312,6 +312,6 @@ def run_drift(params: dict[str, Any], since: str | None = None, until: str | Non
         plog.close()
     dirs = model_dirs if model_dirs is not None else [Path(params["paths"]["model"])]
     report = drift_report(rows, mp.drift, start, end, dirs, mlflow_params(params) if use_mlflow else None,
-                          synthetic=params.get("data", {}).get("source") == "synthetic")
+                          synthetic=is_synthetic(params))
     write_report(report, drift_blocks(report), out_dir or params["paths"]["monitor"], "drift")
     return report

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     """Carry out ``covidnet monitor ACTION``; returns the exit status."""
     from covidnet.monitor import ALARM_EXIT
-    from covidnet.params import load_params
+    from covidnet.params import is_synthetic, load_params
 
     params = load_params(args.params, profile=args.profile)
     if args.action == "feedback":
@@ -59,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
     if args.file is not None:
         raise ValueError(f"monitor {args.action}: takes no FILE argument (got {args.file})")
     out = args.out or Path(params["paths"]["monitor"])
-    synthetic = " (SYNTHETIC data)" if params.get("data", {}).get("source") == "synthetic" else ""
+    synthetic = " (SYNTHETIC data)" if is_synthetic(params) else ""
     if args.action == "drift":
         from covidnet.monitor import run_drift
 

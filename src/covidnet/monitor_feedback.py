@@ -311,7 +311,7 @@ def run_performance(params: dict[str, Any], since: str | None = None, until: str
     """
     from covidnet.evaluate import EvaluateParams
     from covidnet.monitor import monitor_params, time_window, write_report
-    from covidnet.params import section
+    from covidnet.params import is_synthetic, section
     from covidnet.predlog import PredictionLog
     from covidnet.promote import PromoteParams
 
@@ -324,6 +324,6 @@ def run_performance(params: dict[str, Any], since: str | None = None, until: str
         plog.close()
     report = performance_report(joined, section(params, "evaluate", EvaluateParams),
                                 section(params, "promote", PromoteParams), start, end,
-                                synthetic=params.get("data", {}).get("source") == "synthetic")
+                                synthetic=is_synthetic(params))
     write_report(report, performance_blocks(report), out_dir or params["paths"]["monitor"], "performance")
     return report

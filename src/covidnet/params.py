@@ -67,6 +67,11 @@ def load_params(path: Path | str = DEFAULT_PARAMS, profile: str | None = None) -
     return merged
 
 
+def is_synthetic(params: dict[str, Any]) -> bool:
+    """Whether the cohort is the synthetic one (``data.source: synthetic``); everything computed on it says so."""
+    return params.get("data", {}).get("source") == "synthetic"
+
+
 def _convert(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)

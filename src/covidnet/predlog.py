@@ -44,7 +44,7 @@ from typing import Any
 
 import pandas as pd
 
-from covidnet.params import ParamsError
+from covidnet.params import ParamsError, is_synthetic
 from covidnet.preprocess import QC_VALUES
 
 log = logging.getLogger(__name__)
@@ -294,8 +294,7 @@ class PredictionLog:
         from covidnet.monitor import monitor_params
 
         lp = monitor_params(params).log
-        synthetic = params.get("data", {}).get("source", "synthetic") == "synthetic"
-        key = resolve_key(lp, synthetic) if with_key else None
+        key = resolve_key(lp, is_synthetic(params)) if with_key else None
         return cls(resolve_url(lp, params["paths"]["predlog"]), key, lp.busy_timeout_s)
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from covidnet import atomic
-from covidnet.params import section
+from covidnet.params import is_synthetic, section
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,6 @@ class Paths:
         """Paths from params, with any non-None keyword overriding its field."""
         base = section(params, "paths", cls)
         return dataclasses.replace(base, **{k: Path(v) for k, v in overrides.items() if v is not None})
-
-
-def _is_synthetic(params: dict[str, Any]) -> bool:
-    return params.get("data", {}).get("source", "synthetic") == "synthetic"
 
 
 def run_synth(params: dict[str, Any], paths: Paths):
@@ -92,7 +88,7 @@ def run_validate(params: dict[str, Any], paths: Paths, progress: bool = True):
         index.skipped.to_csv(tmp / "skipped.csv", index=False)
     known = None
     vparams = section(params, "validate", ValidateParams)
-    if _is_synthetic(params) and vparams.hospitals_known:
+    if is_synthetic(params) and vparams.hospitals_known:
         known = [h["name"] for h in params["synth"]["hospitals"]]
     report = validate_cohort(manifest, index.series, vparams, paths.validation, known_hospitals=known)
     return index, report
@@ -128,7 +124,7 @@ def run_split(params: dict[str, Any], paths: Paths):
     split = split_cohort(cohort, section(params, "split", SplitParams))
     flow = json.loads((paths.cohort / "flow.json").read_text())
     flow["split"] = split_counts(split)
-    flow["synthetic"] = _is_synthetic(params)
+    flow["synthetic"] = is_synthetic(params)
     atomic.write_csv(paths.split, split)
     with atomic.atomic_path(paths.flow, directory=True) as tmp:
         atomic.write_json(tmp / "flow.json", flow)
@@ -157,7 +153,7 @@ def run_train(params: dict[str, Any], paths: Paths, resume: str = "auto", track:
 
     index = pd.read_csv(paths.preprocessed / "index.csv", dtype=str, keep_default_na=False)
     provenance = {"git_commit": git_commit(), "data_version": data_version(paths.preprocessed),
-                  "synthetic": str(_is_synthetic(params)).lower(), "profile": params["profile"]}
+                  "synthetic": str(is_synthetic(params)).lower(), "profile": params["profile"]}
     return train_model(
         index,
         TrainPaths(preprocessed=paths.preprocessed, model=paths.model, checkpoints=paths.checkpoints,
@@ -181,7 +177,7 @@ def run_evaluate(params: dict[str, Any], paths: Paths, predictions: Path | None 
     from covidnet.evaluate import EvaluateParams, evaluate_model, evaluate_predictions, read_predictions
 
     eparams = section(params, "evaluate", EvaluateParams)
-    synthetic = _is_synthetic(params)
+    synthetic = is_synthetic(params)
     if predictions is not None:
         out = out or paths.evaluation / "predictions"
         return {"predictions": evaluate_predictions(read_predictions(predictions), eparams, out,
@@ -209,7 +205,7 @@ def run_promote(params: dict[str, Any], paths: Paths, rollback: bool = False):
         return promote_.rollback(tracking)
     promote_params = section(params, "promote", promote_.PromoteParams)
     provenance = {"git_commit": git_commit(), "data_version": promote_.cohort_version(paths.cohort),
-                  "params_hash": promote_.params_hash(params), "synthetic": str(_is_synthetic(params)).lower(),
+                  "params_hash": promote_.params_hash(params), "synthetic": str(is_synthetic(params)).lower(),
                   "profile": params["profile"]}
     return promote_.promote(paths.model, paths.evaluation, promote_params, tracking,
                             provenance=provenance, decision_path=paths.decision)

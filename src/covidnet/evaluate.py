@@ -471,7 +471,7 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
     import torch
 
     from covidnet.cohort import LABEL_TO_INT
-    from covidnet.predict import load_model, score, sigmoid
+    from covidnet.predict import MODEL_ARTIFACT, load_model, score, sigmoid
 
     model, card = load_model(model_dir)
     preprocessed = Path(preprocessed)
@@ -513,5 +513,5 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
             for name, m in results.items():
                 log_to_mlflow(m, out_dir / name)
             # Beside the model folder train logged, so a registered version carries its calibrator (serving).
-            mlflow.log_dict(calibrator.to_dict() if calibrator else {"kind": "none"}, "covidnet/calibrator.json")
+            mlflow.log_dict(calibrator.to_dict() if calibrator else {"kind": "none"}, f"{MODEL_ARTIFACT}/calibrator.json")
     return results

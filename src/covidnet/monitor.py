@@ -135,18 +135,18 @@ def find_reference(version: str, run_id: str | None, model_dirs: list[Path], tra
 def _run_reference(tracking, run_id: str) -> Reference:
     import tempfile
 
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(tracking.tracking_uri)
+    from covidnet.predict import MODEL_ARTIFACT, download_model_folder
+
     with tempfile.TemporaryDirectory(prefix="covidnet-reference-") as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="covidnet", dst_path=tmp)
+            local = download_model_folder(run_id, tracking.tracking_uri, tmp)
         except (MlflowException, OSError) as exc:
-            raise ReferenceError(f"MLflow run {run_id} ({tracking.tracking_uri}): cannot download its covidnet/ "
-                                 f"model folder ({exc})") from None
+            raise ReferenceError(f"MLflow run {run_id} ({tracking.tracking_uri}): cannot download its "
+                                 f"{MODEL_ARTIFACT}/ model folder ({exc})") from None
         ref = load_reference(local)
-    return Reference(qc=ref.qc, scores=ref.scores, source=f"MLflow run {run_id}, covidnet/")
+    return Reference(qc=ref.qc, scores=ref.scores, source=f"MLflow run {run_id}, {MODEL_ARTIFACT}/")
 
 
 # --- the drift report --------------------------------------------------------------------------

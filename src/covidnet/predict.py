@@ -16,6 +16,21 @@ import numpy as np
 
 WEIGHTS = "weights.pt"
 MODEL_CARD = "model.json"
+#: The training run's artifact folder holding the model folder (``train`` logs it, ``evaluate``
+#: adds the calibrator): what a registered version is served and monitored from.
+MODEL_ARTIFACT = "covidnet"
+
+
+def download_model_folder(run_id: str, tracking_uri: str, dst: Path | str) -> Path:
+    """The :data:`MODEL_ARTIFACT` folder of training run ``run_id`` downloaded into ``dst``.
+
+    Raises:
+        mlflow.exceptions.MlflowException, OSError: the run or its folder cannot be read.
+    """
+    import mlflow
+
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT, dst_path=str(dst),
+                                                    tracking_uri=tracking_uri))
 
 
 def load_model(model_dir: Path | str, device: str = "cpu"):

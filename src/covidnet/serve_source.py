@@ -30,8 +30,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: The run artifact folder that ``train`` logs the model folder under.
-ARTIFACT_DIR = "covidnet"
 _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
 
@@ -105,10 +103,10 @@ def fetch_model(uri: str, tracking_uri: str) -> ModelSource:
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: model folder not found")
         return ModelSource(model_dir=folder, uri=uri)
-    import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    from covidnet.predict import MODEL_ARTIFACT, download_model_folder
     from covidnet.promote import THRESHOLD_TAG
 
     name, alias, number = parsed
@@ -139,16 +137,15 @@ def fetch_model(uri: str, tracking_uri: str) -> ModelSource:
         raise ModelSourceError(f"{uri}: version {version.version} names no training run, so no model folder")
     tmp = tempfile.TemporaryDirectory(prefix="covidnet-model-")
     try:
-        local = Path(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=ARTIFACT_DIR,
-                                                         dst_path=tmp.name, tracking_uri=tracking_uri))
+        local = download_model_folder(version.run_id, tracking_uri, tmp.name)
     except (MlflowException, OSError) as exc:
         tmp.cleanup()
-        raise ModelSourceError(f"{uri}: version {version.version}: run {version.run_id} has no '{ARTIFACT_DIR}/' "
+        raise ModelSourceError(f"{uri}: version {version.version}: run {version.run_id} has no '{MODEL_ARTIFACT}/' "
                                f"artifact folder (logged by `covidnet train`): {exc}") from None
     missing = [f for f in ("weights.pt", "model.json") if not (local / f).is_file()]
     if missing:
         tmp.cleanup()
-        raise ModelSourceError(f"{uri}: version {version.version}: run {version.run_id}'s '{ARTIFACT_DIR}/' folder "
+        raise ModelSourceError(f"{uri}: version {version.version}: run {version.run_id}'s '{MODEL_ARTIFACT}/' folder "
                                f"lacks {', '.join(missing)}")
     raw = version.tags.get(THRESHOLD_TAG)
     try:

@@ -46,7 +46,7 @@ import pandas as pd
 
 from covidnet.atomic import atomic_path, write_csv, write_json
 from covidnet.cohort import LABEL_TO_INT
-from covidnet.predict import MODEL_CARD, WEIGHTS, sigmoid
+from covidnet.predict import MODEL_ARTIFACT, MODEL_CARD, WEIGHTS, sigmoid
 
 log = logging.getLogger(__name__)
 
@@ -536,5 +536,5 @@ class _MlflowRun:
         self.mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
                                       serialization_format="pt2")
         # The weights, the model card and the preprocessing parameters, for serving.
-        self.mlflow.log_artifacts(str(paths.model), artifact_path="covidnet")
+        self.mlflow.log_artifacts(str(paths.model), artifact_path=MODEL_ARTIFACT)
         self.mlflow.end_run()

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from covidnet.drift import DriftParams, bin_fractions, ks, psi, quantile_edges, series_drift, window_verdict
+from covidnet.drift import (SCORE, DriftParams, bin_fractions, ks, psi, quantile_edges, series_drift, table_series,
+                            window_verdict)
 from covidnet.monitor import monitor_params
 from covidnet.params import ParamsError, load_params
 
@@ -102,3 +103,19 @@ def test_window_verdict_counts_and_statuses():
 def test_params_validate_themselves(changes, message):
     with pytest.raises(ParamsError, match=message):
         _params(**changes)
+
+
+def test_table_series_from_log_rows_and_from_a_reference():
+    import pandas as pd
+
+    p = _params(features=("noise_hu", "slice_spacing_mm"), score=True)
+    rows = pd.DataFrame({"noise_hu": [10.0, None], "slice_spacing_mm": ["2.5", "x"], "score": [0.2, 0.9]})
+    out = table_series(rows, p)
+    assert list(out) == ["noise_hu", "slice_spacing_mm", SCORE]
+    np.testing.assert_array_equal(out["noise_hu"], [10.0, np.nan])
+    np.testing.assert_array_equal(out["slice_spacing_mm"], [2.5, np.nan])  # unparseable -> NaN, left out later
+    np.testing.assert_array_equal(out[SCORE], [0.2, 0.9])
+    qc = rows.drop(columns="score")
+    assert SCORE not in table_series(qc, p)  # a reference without validation scores: score untested
+    np.testing.assert_array_equal(table_series(qc, p, scores=[0.5])[SCORE], [0.5])
+    assert list(table_series(rows, dataclasses.replace(p, score=False))) == ["noise_hu", "slice_spacing_mm"]

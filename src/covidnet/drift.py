@@ -81,6 +81,26 @@ class DriftParams:
         return (*self.features, SCORE) if self.score else tuple(self.features)
 
 
+def table_series(frame: Any, params: DriftParams, scores: Any = None) -> dict[str, np.ndarray]:
+    """The monitored series of a table: each QC feature column (``params.features``) and, with
+    ``params.score``, :data:`SCORE` from ``scores`` (default: the table's ``score`` column).
+
+    Args:
+        frame: a pandas table: rows of the prediction log, or a reference's QC table.
+        params: which series are monitored.
+        scores: the score values when they are not a column of ``frame`` (a reference's
+            validation scores); a series with no values is left out (reported untested).
+    """
+    import pandas as pd
+
+    out = {f: pd.to_numeric(frame[f], errors="coerce").to_numpy(np.float64) for f in params.features if f in frame}
+    if params.score:
+        values = frame["score"] if scores is None and "score" in frame else scores
+        if values is not None:
+            out[SCORE] = np.asarray(values, np.float64)
+    return out
+
+
 def _finite(values: Any) -> np.ndarray:
     v = np.asarray(values, np.float64).ravel()
     return v[np.isfinite(v)]

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from covidnet.drift import SCORE, DriftParams, window_verdict
+from covidnet.drift import DriftParams, table_series, window_verdict
 from covidnet.params import ParamsError, is_synthetic
 from covidnet.predlog import LogParams
 from covidnet.reference import Reference, ReferenceError, load_reference
@@ -165,20 +165,6 @@ def _score_summary(current: np.ndarray, reference: np.ndarray | None, threshold:
             "reference": None if reference is None else describe(np.asarray(reference, np.float64))}
 
 
-def _series(frame: pd.DataFrame, params: DriftParams) -> dict[str, np.ndarray]:
-    out = {f: pd.to_numeric(frame[f], errors="coerce").to_numpy(np.float64) for f in params.features}
-    if params.score:
-        out[SCORE] = frame["score"].to_numpy(np.float64)
-    return out
-
-
-def _reference_series(ref: Reference, params: DriftParams) -> dict[str, np.ndarray]:
-    out = {f: pd.to_numeric(ref.qc[f], errors="coerce").to_numpy(np.float64) for f in params.features}
-    if params.score and ref.scores is not None:
-        out[SCORE] = ref.scores
-    return out
-
-
 def drift_report(rows: pd.DataFrame, params: DriftParams, since: dt.datetime, until: dt.datetime,
                  model_dirs: list[Path], tracking=None, synthetic: bool = False) -> dict[str, Any]:
     """Judge a window of the prediction log against the reference of each model version in it.
@@ -208,12 +194,12 @@ def drift_report(rows: pd.DataFrame, params: DriftParams, since: dt.datetime, un
             errors.append(str(exc))
             models.append(entry)
             continue
-        reference = _reference_series(ref, params)
-        verdict = window_verdict(reference, _series(group, params), params)
+        reference = table_series(ref.qc, params, scores=ref.scores)
+        verdict = window_verdict(reference, table_series(group, params), params)
         threshold = float(group["threshold"].iloc[-1])
         hospitals = {}
         for h, sub in group.groupby(group["hospital"].fillna("(unknown)"), sort=True):
-            v = window_verdict(reference, _series(sub, params), params)
+            v = window_verdict(reference, table_series(sub, params), params)
             hospitals[str(h)] = {"n": v.n, "status": v.status, "drifted": v.drifted}
         entry.update(reference=ref.source, n_reference_scans=int(len(ref.qc)), **verdict.as_dict(),
                      score_distribution=_score_summary(group["score"].to_numpy(), ref.scores, threshold),

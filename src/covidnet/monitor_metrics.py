@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from covidnet.drift import SCORE, window_verdict
+from covidnet.drift import SCORE, table_series, window_verdict
 from covidnet.predlog import Prediction
 
 
@@ -54,12 +54,8 @@ class MonitorMetrics:
         self.registry = registry if registry is not None else REGISTRY
         self.labels = {"model": model_name, "version": model_version}
         self.params = params
-        self.reference = None
-        if reference is not None:
-            self.reference = {f: pd.to_numeric(reference.qc[f], errors="coerce").to_numpy(np.float64)
-                              for f in params.drift.features}
-            if params.drift.score and reference.scores is not None:
-                self.reference[SCORE] = np.asarray(reference.scores, np.float64)
+        self.reference = (None if reference is None else
+                          table_series(reference.qc, params.drift, scores=reference.scores))
         self._window = {s: deque(maxlen=params.metrics_window) for s in params.drift.series}
         self._lock = threading.Lock()
         names = ("model", "version")
@@ -100,10 +96,8 @@ class MonitorMetrics:
     def seed(self, frame: pd.DataFrame) -> int:
         """Fill the rolling window from log rows (:meth:`covidnet.predlog.PredictionLog.recent`); the count."""
         with self._lock:
-            for s, window in self._window.items():
-                col = "score" if s == SCORE else s
-                if col in frame:
-                    window.extend(pd.to_numeric(frame[col], errors="coerce").to_numpy(np.float64).tolist())
+            for s, values in table_series(frame, self.params.drift).items():
+                self._window[s].extend(values.tolist())
         return int(min(len(frame), self.params.metrics_window))
 
     def verdict(self):

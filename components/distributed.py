@@ -5,7 +5,7 @@ The component stays in a small CPU pod: it puts the tensors and params on the sh
 through the Kubernetes API, waits for it, and copies the model and report back into its
 output artifacts (:func:`covidnet.pytorchjob.train_with_pytorchjob`). Its service account
 needs ``create``, ``get`` and ``delete`` on ``pytorchjobs.kubeflow.org``
-(``pipelines/pytorchjob-rbac.yaml``). No cluster runs here: tests drive it with a stand-in
+(``pipelines/pytorchjob-workspace.yaml``). No cluster runs here: tests drive it with a stand-in
 for the Kubernetes API.
 """
 

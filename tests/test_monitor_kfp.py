@@ -113,3 +113,20 @@ def test_pipeline_runs_in_kfp_local(project):
     run = pipeline(params_yaml=project["params_yaml"], window_hours=24.0, until="2024-05-02T00:00:00Z")
     report = json.loads(Path(run.outputs["drift_json"].path).read_text())
     assert report["status"] == "ok" and report["models"][0]["n_reference_scans"] == 300
+
+
+@pytest.mark.slow
+def test_cli_runs_the_registered_monitor_pipeline_locally(project, capsys):
+    """`covidnet pipeline run --local --pipeline covidnet-monitor`: the registered pipeline runs and the CLI
+    reports it finished (it has no promotion decision to report; the last 24 h of this log are empty)."""
+    from covidnet import cli
+
+    params = project["tmp"] / "params.yaml"
+    params.write_text(project["params_yaml"])
+    code = cli.main(["pipeline", "run", "--local", "--pipeline", "covidnet-monitor", "--params", str(params),
+                     "--pipeline-root", str(project["tmp"] / "root")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "local run of covidnet-monitor (profile default) finished; artifacts under" in out
+    report = json.loads(next((project["tmp"] / "root").rglob("drift_json")).read_text())
+    assert report["status"] == "no_data" and report["n"] == 0

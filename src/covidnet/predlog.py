@@ -353,16 +353,18 @@ class PredictionLog:
         with self.engine.begin() as conn:
             return int(conn.execute(self._sa.select(self._sa.func.count()).select_from(t)).scalar_one())
 
+    def _present(self, conn, column, values: Sequence[str]) -> set[str]:
+        """The ``values`` that ``column`` holds, asked in bounded ``IN`` lists of 500."""
+        wanted, found = sorted(set(values)), set()
+        for start in range(0, len(wanted), 500):
+            q = self._sa.select(column).where(column.in_(wanted[start:start + 500])).distinct()
+            found |= {r[0] for r in conn.execute(q)}
+        return found
+
     def known_patients(self, hashes: Sequence[str]) -> set[str]:
         """The hashes among ``hashes`` that some prediction carries."""
-        t = self.predictions_table
-        wanted, found = sorted(set(hashes)), set()
         with self.engine.begin() as conn:
-            for start in range(0, len(wanted), 500):  # bounded IN lists
-                chunk = wanted[start:start + 500]
-                q = self._sa.select(t.c.patient_hash).where(t.c.patient_hash.in_(chunk)).distinct()
-                found |= {r[0] for r in conn.execute(q)}
-        return found
+            return self._present(conn, self.predictions_table.c.patient_hash, hashes)
 
     def feedback(self) -> pd.DataFrame:
         """Every PCR result (``patient_hash``, ``pcr_positive``, ``pcr_date``, ``source``, ``ingested_at``)."""
@@ -386,10 +388,7 @@ class PredictionLog:
         now = utc_naive(dt.datetime.now(dt.timezone.utc))
         hashes = [r["patient_hash"] for r in rows]
         with self.engine.begin() as conn:
-            present: set[str] = set()
-            for start in range(0, len(hashes), 500):
-                chunk = hashes[start:start + 500]
-                present |= {r[0] for r in conn.execute(self._sa.select(t.c.patient_hash).where(t.c.patient_hash.in_(chunk)))}
+            present = self._present(conn, t.c.patient_hash, hashes)
             new = [{**r, "ingested_at": now} for r in rows if r["patient_hash"] not in present]
             if new:
                 conn.execute(t.insert(), new)

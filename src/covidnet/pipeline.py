@@ -68,7 +68,7 @@ PIPELINES: dict[str, PipelineEntry] = {
                                          "covidnet_pytorchjob_pipeline.yaml",
                                          "as covidnet, training across nodes as a Kubeflow PyTorchJob"),
     "covidnet-monitor": PipelineEntry("pipelines.monitor_pipeline", "covidnet_monitor", "monitor_pipeline.yaml",
-                                      "drift of the prediction log against the served versions' references (schedule it)"),
+                                      "the prediction log's drift against the served references (schedule it)"),
 }
 
 
@@ -346,24 +346,25 @@ def submit(host: str, args: PipelineArguments, name: str, experiment: str = "cov
     take, none it needs missing).
     """
     import kfp
+    from kfp import compiler
 
     pipeline = build_pipeline(name, args.settings)
     arguments = pipeline_arguments(pipeline, args)
-    if package is None:
-        package = Path(tempfile.mkdtemp(prefix="covidnet-kfp-")) / PIPELINES[name].yaml
-    from kfp import compiler
-
-    compiler.Compiler().compile(pipeline_func=pipeline, package_path=str(package))
-    client = kfp.Client(host=host)
-    run_name = run_name or f"{name}-{args.profile}"
-    if schedule:
-        try:
-            exp = client.get_experiment(experiment_name=experiment)
-        except Exception:  # noqa: BLE001 - kfp raises a plain ValueError / ApiException when absent
-            exp = client.create_experiment(name=experiment)
-        return client.create_recurring_run(experiment_id=exp.experiment_id, job_name=run_name,
-                                           cron_expression=kfp_cron(schedule),
-                                           pipeline_package_path=str(package), params=arguments,
-                                           enable_caching=True)
-    return client.create_run_from_pipeline_package(str(package), arguments=arguments, run_name=run_name,
-                                                   experiment_name=experiment, enable_caching=True)
+    with contextlib.ExitStack() as stack:
+        if package is None:  # a temporary package, for the upload only
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="covidnet-kfp-"))
+            package = Path(tmp) / PIPELINES[name].yaml
+        compiler.Compiler().compile(pipeline_func=pipeline, package_path=str(package))
+        client = kfp.Client(host=host)
+        run_name = run_name or f"{name}-{args.profile}"
+        if schedule:
+            try:
+                exp = client.get_experiment(experiment_name=experiment)
+            except Exception:  # noqa: BLE001 - kfp raises a plain ValueError / ApiException when absent
+                exp = client.create_experiment(name=experiment)
+            return client.create_recurring_run(experiment_id=exp.experiment_id, job_name=run_name,
+                                               cron_expression=kfp_cron(schedule),
+                                               pipeline_package_path=str(package), params=arguments,
+                                               enable_caching=True)
+        return client.create_run_from_pipeline_package(str(package), arguments=arguments, run_name=run_name,
+                                                       experiment_name=experiment, enable_caching=True)

@@ -1,6 +1,6 @@
 """False-alarm and detection rates of the drift alarm on SYNTHETIC cohorts; prints JSON.
 
-Three synthetic cohorts are written as DICOM by ``covidnet.synth`` (the ``tiny`` profile's
+Three synthetic cohorts are written as DICOM by ``covidnet.synthetic.synth`` (the ``tiny`` profile's
 phantoms, one scan per patient, no planted exclusions) and read through the pipeline's own
 series selection and ``preprocess_series`` (the function training and serving both call),
 giving each scan's QC values:
@@ -13,7 +13,7 @@ giving each scan's QC values:
 
 ``--windows`` windows of ``--window`` studies (default ``monitor.drift.min_window``) are drawn
 at random (without replacement inside a window) from the undrifted and the drifted pools and
-judged by :func:`covidnet.drift.window_verdict` with the ``monitor.drift`` params (score left
+judged by :func:`covidnet.monitor.drift.window_verdict` with the ``monitor.drift`` params (score left
 out: no network is trained here). The false-alarm rate is the fraction of undrifted windows
 that alarm, with a Clopper-Pearson 95% interval; the detection rate the fraction of drifted
 windows that do. Windows overlap in the pools, so the intervals are optimistic.
@@ -54,10 +54,10 @@ def cohort_qc(params: dict, root: Path, n_patients: int, seed: int, drift: str |
         drift: None, ``noise`` (every hospital's ``noise_hu`` + ``noise_add``) or ``thin``
             (every hospital's ``slice_thickness_mm`` = ``thin_mm``).
     """
-    from covidnet.dicom import SeriesParams, index_tree
+    from covidnet.data.dicom import SeriesParams, index_tree
     from covidnet.params import section
-    from covidnet.preprocess import PreprocessParams, preprocess_cohort
-    from covidnet.synth import SynthParams, synthesize
+    from covidnet.preprocess.stage import PreprocessParams, preprocess_cohort
+    from covidnet.synthetic.synth import SynthParams, synthesize
 
     sp = section(params, "synth", SynthParams)
     hospitals = sp.hospitals
@@ -86,7 +86,7 @@ def cohort_qc(params: dict, root: Path, n_patients: int, seed: int, drift: str |
 def window_rates(reference: pd.DataFrame, pool: pd.DataFrame, drift_params, window: int, windows: int,
                  seed: int) -> dict:
     """Alarm rate over ``windows`` random windows of ``window`` studies from ``pool``, and which series drifted."""
-    from covidnet.drift import window_verdict
+    from covidnet.monitor.drift import window_verdict
 
     if window > len(pool):
         raise ValueError(f"--window {window} exceeds the pool of {len(pool)} studies")
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
 
-    from covidnet.monitor import monitor_params
+    from covidnet.monitor.report import monitor_params
     from covidnet.params import load_params
 
     params = load_params(args.params, profile=args.profile)

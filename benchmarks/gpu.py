@@ -126,7 +126,7 @@ def main() -> None:
                     "so a run cut short by a time limit keeps what it measured")
     args = ap.parse_args()
 
-    from covidnet.model import count_flops, covidnet_paper
+    from covidnet.model.network import count_flops, covidnet_paper
 
     start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -238,7 +238,7 @@ def main() -> None:
         return res
 
     def norm_variants() -> dict[str, Any]:
-        from covidnet.model import _InstanceNorm3d
+        from covidnet.model.network import _InstanceNorm3d
 
         class GroupNormAlways(_InstanceNorm3d):
             def forward(self, x: torch.Tensor) -> torch.Tensor:

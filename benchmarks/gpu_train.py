@@ -1,6 +1,6 @@
 """GPU check of the real training stage in the paper profile (for a lent accelerator).
 
-Runs :func:`covidnet.train.train_model` — the function ``covidnet train`` and the KFP train
+Runs :func:`covidnet.train.loop.train_model` — the function ``covidnet train`` and the KFP train
 component call — with the ``paper`` profile of params.yaml (DenseNet-264, ``(1, 64, 384, 384)``,
 global batch 8, bf16 autocast, ``train.device: auto``) on a small **synthetic** tensor set:
 random volumes in [0, 1] whose COVID-19 half carries a brighter sphere, so the loss can fall.
@@ -71,7 +71,7 @@ def bare_step_rate(model_params, shape: tuple[int, ...], batch: int, iters: int 
     """Volumes/s of a bare bf16 Adam step of the same network (the anchor)."""
     import torch
 
-    from covidnet.model import build_model
+    from covidnet.model.network import build_model
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -111,10 +111,10 @@ def main() -> None:
 
     import torch
 
-    from covidnet.model import ModelParams
+    from covidnet.model.network import ModelParams
     from covidnet.params import load_params, section
-    from covidnet.preprocess import PreprocessParams, params_dict
-    from covidnet.train import TrainParams, TrainPaths, train_model
+    from covidnet.preprocess.stage import PreprocessParams, params_dict
+    from covidnet.train.loop import TrainParams, TrainPaths, train_model
 
     params = load_params(args.params, profile="tiny" if args.dry_run else "paper")
     tp = replace(section(params, "train", TrainParams), epochs=args.epochs, patience=args.epochs + 1,

@@ -12,7 +12,7 @@ In one process, on this machine's CPU:
   warm-up rounds) so load from other processes hits them alike; best and median seconds,
   ratios from the best.
 * ``summary``: parameters and forward FLOPs per volume of every builder at its native input
-  (:func:`covidnet.model.model_summary`, torch's flop counter on the meta device).
+  (:func:`covidnet.model.network.model_summary`, torch's flop counter on the meta device).
 
 Prints JSON. Usage: ``python benchmarks/model.py [--repeats 10]``
 """
@@ -52,7 +52,7 @@ def main() -> None:
     import monai
     from monai.networks.nets import DenseNet
 
-    from covidnet.model import covidnet_cpu, format_summary, model_summary
+    from covidnet.model.network import covidnet_cpu, format_summary, model_summary
 
     torch.manual_seed(0)
     ours = covidnet_cpu(norm_affine=False)

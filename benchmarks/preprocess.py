@@ -1,13 +1,13 @@
 """Benchmark: one CT series from DICOM files to the model tensor.
 
-Writes one SYNTHETIC 512 x 512 series of 300 slices with ``covidnet.synth`` (uncompressed),
+Writes one SYNTHETIC 512 x 512 series of 300 slices with ``covidnet.synthetic.synth`` (uncompressed),
 then times, best of ``--repeats`` runs each, in the same process:
 
 * ``bytes``     reading every file's bytes (the I/O floor);
 * ``headers``   pydicom parsing every header (serially, ``stop_before_pixels``), the floor
                 of any reader that orders slices by position;
 * ``covidnet``  our path: headers in ``--workers`` processes, series assessment and slice
-                order, then :func:`covidnet.preprocess.preprocess_series` (QC included);
+                order, then :func:`covidnet.preprocess.stage.preprocess_series` (QC included);
 * ``plain``     a plain pydicom + torch version: ``dcmread`` every file, sort by position,
                 decode every slice to HU, clip, scale, ``F.interpolate`` trilinear, crop;
 * ``monai``     MONAI's chain: ``LoadImage(reader="PydicomReader")`` ->
@@ -70,9 +70,9 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from covidnet.dicom import SeriesParams, assess_series, files_frame, find_files, read_header, read_headers
-    from covidnet.preprocess import PreprocessParams, clip_scale, crop_start, preprocess_series
-    from covidnet.dicom_writer import write_benchmark_series
+    from covidnet.data.dicom import SeriesParams, assess_series, files_frame, find_files, read_header, read_headers
+    from covidnet.preprocess.stage import PreprocessParams, clip_scale, crop_start, preprocess_series
+    from covidnet.synthetic.dicom_writer import write_benchmark_series
 
     params = PreprocessParams(hu_min=-1024.0, hu_max=1024.0, depth=args.depth, size=args.size, crop=args.crop,
                               dtype="float32", body_hu=-500.0, lung_hu=(-950.0, -400.0), workers=1)
@@ -133,7 +133,7 @@ def main() -> None:
 
     out = {
         "benchmark": "preprocess",
-        "data": "SYNTHETIC series written by covidnet.synth (uncompressed)",
+        "data": "SYNTHETIC series written by covidnet.synthetic.synth (uncompressed)",
         "series": {"matrix": args.matrix, "slices": args.slices, "bytes": n_bytes, "write_s": round(t_write, 2)},
         "output_shape": list(ours_out.shape),
         "seconds": {k: round(v, 4) for k, v in results.items()},

@@ -1,14 +1,14 @@
 """Benchmark: the KServe server on loopback against the same work in-process, time and memory.
 
-Writes one SYNTHETIC 512 x 512 series of 300 slices (``covidnet.dicom_writer.write_benchmark_series``)
-and zips it as ``covidnet predict`` does (``covidnet.serve_client.zip_folder``). With the model
+Writes one SYNTHETIC 512 x 512 series of 300 slices (``covidnet.synthetic.dicom_writer.write_benchmark_series``)
+and zips it as ``covidnet predict`` does (``covidnet.serve.client.zip_folder``). With the model
 folder ``--model-dir`` (an untrained network of the params' ``model`` section when the folder
 holds none: the timings do not depend on the weights) and ``--params``:
 
-* ``in_process`` (the anchor): :func:`covidnet.serve.load_bundle` once, then per request the
+* ``in_process`` (the anchor): :func:`covidnet.serve.bundle.load_bundle` once, then per request the
   very path the server runs from the zip's bytes: safe unzip, series selection, preprocessing,
-  QC, lesion fractions (:func:`covidnet.serve_input.study_zip`), the forward pass
-  (:func:`covidnet.predict.score`) and the answers (:func:`covidnet.serve.results`). It runs in
+  QC, lesion fractions (:func:`covidnet.serve.study.study_zip`), the forward pass
+  (:func:`covidnet.model.card.score`) and the answers (:func:`covidnet.serve.bundle.results`). It runs in
   a child process started like the server's (this script with ``--anchor``) and times itself,
   so both sides get the same treatment from the scheduler of a shared machine;
 * ``server_binary``: ``covidnet serve`` in a subprocess on a free loopback port (one worker),
@@ -134,9 +134,9 @@ def _anchor(model_dir: str, params_path: str, zip_path: str) -> None:
     import torch
 
     from covidnet.params import load_params
-    from covidnet.predict import score
-    from covidnet.serve import load_bundle, results
-    from covidnet.serve_input import study_zip
+    from covidnet.model.card import score
+    from covidnet.serve.bundle import load_bundle, results
+    from covidnet.serve.study import study_zip
 
     bundle = load_bundle(model_dir, load_params(params_path))
     data = Path(zip_path).read_bytes()
@@ -187,7 +187,7 @@ def _model_folder(model_dir: Path, params: dict, tmp: Path) -> tuple[Path, str]:
         return model_dir, "trained"
     import torch
 
-    from covidnet.model import ModelParams, build_model
+    from covidnet.model.network import ModelParams, build_model
     from covidnet.params import section
 
     torch.manual_seed(0)
@@ -219,9 +219,9 @@ def main() -> None:
     import torch
 
     from covidnet.params import load_params
-    from covidnet.serve import load_bundle
-    from covidnet.serve_client import answers, v2_zip_request, zip_folder
-    from covidnet.dicom_writer import write_benchmark_series
+    from covidnet.serve.bundle import load_bundle
+    from covidnet.serve.client import answers, v2_zip_request, zip_folder
+    from covidnet.synthetic.dicom_writer import write_benchmark_series
 
     volume_mib = args.slices * args.matrix**2 * 2 / 2**20
     report: dict = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
@@ -252,7 +252,7 @@ def main() -> None:
             logs[k] = Path(tmp) / f"{k}.log"
             handles.append(open(logs[k], "w"))
             servers[k] = subprocess.Popen(
-                [sys.executable, "-m", "covidnet.cli", "serve", "--port", str(port), "--model-dir", str(model_dir),
+                [sys.executable, "-m", "covidnet.cli.main", "serve", "--port", str(port), "--model-dir", str(model_dir),
                  "--params", str(Path(tmp) / f"{k}.yaml")], cwd=REPO, stdout=handles[-1], stderr=subprocess.STDOUT)
             name = bundle.serve.model_name
             urls[k] = (f"http://127.0.0.1:{port}",

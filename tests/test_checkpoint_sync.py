@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from covidnet.checkpoint_sync import S3Mirror, download, parse_s3
+from covidnet.train.checkpoint_sync import S3Mirror, download, parse_s3
 from covidnet.params import ParamsError
 
 

@@ -1,4 +1,4 @@
-"""Tests of covidnet.dicom on real DICOM files written by covidnet.synth (tiny volumes, no mocks)."""
+"""Tests of covidnet.data.dicom on real DICOM files written by covidnet.synthetic.synth (tiny volumes, no mocks)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pydicom.uid
 import pytest
 from pydicom.encaps import encapsulate
 
-from covidnet.dicom import (
+from covidnet.data.dicom import (
     SeriesParams,
     SeriesReadError,
     index_tree,
@@ -20,7 +20,7 @@ from covidnet.dicom import (
     read_stored,
     read_volume_hu,
 )
-from covidnet.dicom_writer import SeriesHeader, stored_encoding, write_series
+from covidnet.synthetic.dicom_writer import SeriesHeader, stored_encoding, write_series
 
 PARAMS = SeriesParams(min_slices=8, max_gap_ratio=1.5, duplicate_tol_mm=0.01, orientation_tol=1e-3, axial_tol=0.1,
                       workers=1)

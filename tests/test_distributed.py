@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from covidnet.distributed import checkpoint_key, resolve_nproc, torchrun_command, train_command, train_in_pod
+from covidnet.train.launch import checkpoint_key, resolve_nproc, torchrun_command, train_command, train_in_pod
 from covidnet.params import ParamsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def test_torchrun_command():
     args = train_command("/w/params.yaml", "paper", "/w/pre", "/w/model", "/w/ckpt", "/w/report")
     one = torchrun_command(1, 4, args)
     assert one[:4] == ["torchrun", "--nnodes=1", "--nproc-per-node=4", "--standalone"]
-    assert one[4:] == ["-m", "covidnet.cli", "train", "--params", "/w/params.yaml", "--profile", "paper",
+    assert one[4:] == ["-m", "covidnet.cli.main", "train", "--params", "/w/params.yaml", "--profile", "paper",
                        "--preprocessed", "/w/pre", "--out", "/w/model", "--checkpoints", "/w/ckpt", "--report",
                        "/w/report", "--resume", "auto", "-q"]
     assert "--standalone" not in torchrun_command(2, 4, args)  # the operator's PET_* variables give the rendezvous
@@ -52,7 +52,7 @@ def test_checkpoint_key_follows_the_inputs():
 
 
 def test_checkpoint_location_is_a_folder_or_an_s3_prefix(tmp_path):
-    from covidnet.pipeline import stage_params
+    from covidnet.kfp.runner import stage_params
     from covidnet.stages import Paths
 
     text = (REPO / "params.yaml").read_text()
@@ -84,7 +84,7 @@ def _artifacts(tmp: Path, tag: str) -> dict:
 
 @pytest.mark.slow
 def test_train_component_runs_torchrun_over_two_processes(tmp_path, monkeypatch, toy_tensors):
-    from components.stages import train
+    from covidnet.kfp.components.stages import train
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
@@ -103,7 +103,7 @@ def test_train_component_runs_torchrun_over_two_processes(tmp_path, monkeypatch,
 
 def _last_checkpoint(location: str, s3, into: Path):
     """The newest ``train-*/last.pt`` under a folder or an s3:// prefix: (its folder or prefix, epoch), or None."""
-    from covidnet.train import load_checkpoint
+    from covidnet.train.loop import load_checkpoint
 
     if not location.startswith("s3://"):
         found = list(Path(location).glob("train-*/last.pt"))
@@ -137,7 +137,7 @@ def test_a_retried_train_task_resumes_from_the_checkpoint_dir(tmp_path, monkeypa
     location = str(tmp_path / "pvc") if where == "folder" else f"s3://{s3_server.bucket}/ckpt"
     driver = (
         "import sys, yaml; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"
-        "from kfp import dsl; from components.stages import train\n"
+        "from kfp import dsl; from covidnet.kfp.components.stages import train\n"
         "t = Path(sys.argv[2]); text = Path(sys.argv[3]).read_text()\n"
         "train.python_func(params_yaml=text, profile='tiny', checkpoint_dir=sys.argv[4],\n"
         "    preprocessed=dsl.Dataset(name='p', uri=str(t / 'pre')), model=dsl.Model(name='m', uri=str(t / 'a/model')),\n"
@@ -158,7 +158,7 @@ def test_a_retried_train_task_resumes_from_the_checkpoint_dir(tmp_path, monkeypa
     saved = _last_checkpoint(location, s3_server, tmp_path / "peek.pt")  # what the retry will find
     assert not (tmp_path / "a" / "model").exists()  # the killed try left no model
 
-    from covidnet.pipeline import stage_params
+    from covidnet.kfp.runner import stage_params
     from covidnet.stages import Paths
 
     params = stage_params(text, "tiny")

@@ -1,4 +1,4 @@
-"""Drift statistics (src/covidnet/drift.py) on numbers small enough to check by hand."""
+"""Drift statistics (src/covidnet/monitor/drift.py) on numbers small enough to check by hand."""
 
 import dataclasses
 import math
@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from covidnet.drift import (SCORE, DriftParams, bin_fractions, ks, psi, quantile_edges, series_drift, table_series,
+from covidnet.monitor.drift import (SCORE, DriftParams, bin_fractions, ks, psi, quantile_edges, series_drift, table_series,
                             window_verdict)
-from covidnet.monitor import monitor_params
+from covidnet.monitor.report import monitor_params
 from covidnet.params import ParamsError, load_params
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from covidnet.evaluate import (OUTPUT_FILES, EvaluateParams, PredictionsError, evaluate_predictions,
+from covidnet.evaluate.stage import (OUTPUT_FILES, EvaluateParams, PredictionsError, evaluate_predictions,
                                fit_calibrator, log_to_mlflow, read_predictions)
 from covidnet.params import ParamsError, load_params, section
 

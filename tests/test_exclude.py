@@ -1,7 +1,7 @@
 import pandas as pd
 
-from covidnet.cohort import Manifest
-from covidnet.exclude import ExcludeParams, apply_exclusions
+from covidnet.data.cohort import Manifest
+from covidnet.data.exclude import ExcludeParams, apply_exclusions
 
 PARAMS = ExcludeParams(max_pcr_gap_days=14, exclude_motion_artifact=True)
 

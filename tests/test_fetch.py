@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from covidnet.fetch import FetchError, RevisionError, check_revision, fetch_cohort
+from covidnet.data.fetch import FetchError, RevisionError, check_revision, fetch_cohort
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def _dicom_files(folder: Path) -> dict:
 
 @pytest.mark.slow
 def test_fetch_cohort_component_gets_the_named_revision(cohort_repo, tmp_path):
-    from components.stages import fetch_cohort as component
+    from covidnet.kfp.components.stages import fetch_cohort as component
 
     repo, versions = cohort_repo
     fetched = {}
@@ -103,7 +103,7 @@ def test_fetch_cohort_in_a_kfp_local_run(cohort_repo, tmp_path):
     """The same component as a kfp.local task (a subprocess, as on a cluster), at the second revision."""
     import kfp.local
 
-    from components.stages import fetch_cohort as component
+    from covidnet.kfp.components.stages import fetch_cohort as component
 
     repo, versions = cohort_repo
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),

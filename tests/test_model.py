@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from covidnet.model import (
+from covidnet.model.network import (
     COVIDNet,
     ModelParams,
     build_model,
@@ -259,7 +259,7 @@ def test_count_flops_small_model_on_cpu():
 
 
 def test_group_norm_channel_plan_matches_built_model():
-    from covidnet.model import _normed_channels
+    from covidnet.model.network import _normed_channels
 
     for builder in (covidnet_released, covidnet_paper):
         model = builder(**SMALL, norm="group", groups=2)
@@ -271,7 +271,7 @@ def test_group_norm_channel_plan_matches_built_model():
 def test_instance_norm_fast_path_equals_torch_instance_norm(channels_last, monkeypatch):
     """Without autograd the affine instance norm runs as a group norm of C groups: same numbers,
     same state-dict keys as torch.nn.InstanceNorm3d; with autograd on, torch's own path."""
-    from covidnet.model import _InstanceNorm3d
+    from covidnet.model.network import _InstanceNorm3d
 
     torch.manual_seed(0)
     ours = _InstanceNorm3d(6, affine=True)

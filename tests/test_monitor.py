@@ -1,4 +1,4 @@
-"""`covidnet monitor drift` (src/covidnet/monitor.py): a real SQLite prediction log, a model folder as
+"""`covidnet monitor drift` (src/covidnet/monitor/report.py): a real SQLite prediction log, a model folder as
 `train` writes it (weights, card naming its reference profile), reports on disk, exit statuses."""
 
 import datetime as dt
@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from covidnet import cli
-from covidnet.monitor import ALARM_EXIT, drift_report, find_reference, monitor_params, parse_time, time_window
+from covidnet.cli import main as cli
+from covidnet.monitor.report import ALARM_EXIT, drift_report, find_reference, monitor_params, parse_time, time_window
 from covidnet.params import load_params
-from covidnet.predlog import Prediction, PredictionLog, hash_id
-from covidnet.preprocess import QC_VALUES
-from covidnet.reference import ReferenceError
-from covidnet.serve import model_version
+from covidnet.monitor.predlog import Prediction, PredictionLog, hash_id
+from covidnet.preprocess.stage import QC_VALUES
+from covidnet.monitor.reference import ReferenceError
+from covidnet.serve.bundle import model_version
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = b"0123456789abcdef0123456789abcdef"

@@ -21,12 +21,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from covidnet import cli
-from covidnet.monitor import monitor_params
+from covidnet.cli import main as cli
+from covidnet.monitor.report import monitor_params
 from covidnet.params import load_params
-from covidnet.predlog import Prediction, PredictionLog
-from covidnet.preprocess import QC_VALUES
-from covidnet.serve import model_version
+from covidnet.monitor.predlog import Prediction, PredictionLog
+from covidnet.preprocess.stage import QC_VALUES
+from covidnet.serve.bundle import model_version
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = b"0123456789abcdef0123456789abcdef"

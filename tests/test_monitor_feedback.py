@@ -1,4 +1,4 @@
-"""PCR feedback and live performance (src/covidnet/monitor_feedback.py) on a real SQLite log.
+"""PCR feedback and live performance (src/covidnet/monitor/feedback.py) on a real SQLite log.
 
 The performance figures are checked against a confusion matrix counted by hand."""
 
@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from covidnet import cli
-from covidnet.evaluate import EvaluateParams
-from covidnet.monitor_feedback import FeedbackError, ingest_feedback, join_feedback, performance_report
+from covidnet.cli import main as cli
+from covidnet.evaluate.stage import EvaluateParams
+from covidnet.monitor.feedback import FeedbackError, ingest_feedback, join_feedback, performance_report
 from covidnet.params import load_params, section
-from covidnet.predlog import Prediction, PredictionLog, hash_id
-from covidnet.promote import PromoteParams
+from covidnet.monitor.predlog import Prediction, PredictionLog, hash_id
+from covidnet.promote.stage import PromoteParams
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = b"0123456789abcdef0123456789abcdef"

@@ -16,15 +16,15 @@ import yaml
 from kfp.dsl import HTML, Dataset, Metrics
 
 from covidnet.params import load_params
-from covidnet.pipeline_params import pipeline_params
-from covidnet.predlog import PredictionLog
-from covidnet.serve import model_version
+from covidnet.kfp.params import pipeline_params
+from covidnet.monitor.predlog import PredictionLog
+from covidnet.serve.bundle import model_version
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from components.monitor import monitor_drift  # noqa: E402
-from pipelines import monitor_pipeline  # noqa: E402
+from covidnet.kfp.components.monitor import monitor_drift  # noqa: E402
+from covidnet.kfp.pipelines import monitor as monitor_pipeline  # noqa: E402
 from test_monitor import KEY, model_folder, rows  # noqa: E402
 
 COMMITTED = REPO / "pipelines" / "monitor_pipeline.yaml"
@@ -119,8 +119,7 @@ def test_pipeline_runs_in_kfp_local(project):
 def test_cli_runs_the_registered_monitor_pipeline_locally(project, capsys):
     """`covidnet pipeline run --local --pipeline covidnet-monitor`: the registered pipeline runs and the CLI
     reports it finished (it has no promotion decision to report; the last 24 h of this log are empty)."""
-    from covidnet import cli
-
+    from covidnet.cli import main as cli
     params = project["tmp"] / "params.yaml"
     params.write_text(project["params_yaml"])
     code = cli.main(["pipeline", "run", "--local", "--pipeline", "covidnet-monitor", "--params", str(params),

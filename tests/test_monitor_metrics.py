@@ -1,4 +1,4 @@
-"""Prometheus metrics (src/covidnet/monitor_metrics.py): the exposition parses with prometheus_client's
+"""Prometheus metrics (src/covidnet/monitor/prometheus.py): the exposition parses with prometheus_client's
 parser and carries the counts, the score histogram, QC flags and the rolling drift gauges."""
 
 import dataclasses
@@ -11,10 +11,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from covidnet.monitor import monitor_params
-from covidnet.monitor_metrics import MonitorMetrics
+from covidnet.monitor.report import monitor_params
+from covidnet.monitor.prometheus import MonitorMetrics
 from covidnet.params import load_params
-from covidnet.reference import load_reference
+from covidnet.monitor.reference import load_reference
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -3,8 +3,8 @@
 The slow tests: a tiny model is trained (as tests/test_train.py does, with preprocess's qc.csv so its card
 names a reference profile) and served by `covidnet serve` in a subprocess; studies are real
 DICOM files (tests/test_serving.py's helpers). The log is a real SQLite file, read back with
-:class:`covidnet.predlog.PredictionLog` after and across server restarts. The quick tests drive
-:class:`covidnet.monitor_serving.ServingMonitor` directly on a real log and registry.
+:class:`covidnet.monitor.predlog.PredictionLog` after and across server restarts. The quick tests drive
+:class:`covidnet.monitor.serving.ServingMonitor` directly on a real log and registry.
 """
 
 import base64
@@ -20,8 +20,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from covidnet.monitor_serving import ServingMonitor, request_hospital
-from covidnet.predlog import PredictionLog, hash_id
+from covidnet.monitor.serving import ServingMonitor, request_hospital
+from covidnet.monitor.predlog import PredictionLog, hash_id
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,7 +29,7 @@ from test_reference import _qc_csv  # noqa: E402
 from test_serving import NAME, _post, _study, start_server, stop_server  # noqa: E402
 from test_train import PRE, TINY, _cohort, _params, _paths  # noqa: E402
 
-from covidnet.serve_client import v2_zip_request, zip_folder  # noqa: E402
+from covidnet.serve.client import v2_zip_request, zip_folder  # noqa: E402
 
 KEY = "monitor-test-key-0123456789abcdef"
 
@@ -50,7 +50,7 @@ def _metrics(base: str) -> dict:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    from covidnet.train import train_model
+    from covidnet.train.loop import train_model
 
     tmp = tmp_path_factory.mktemp("monitor-serve")
     index = _cohort(tmp / "pre", n_train=4, n_val=2)
@@ -181,7 +181,7 @@ def test_serving_monitor_logs_then_counts(tmp_path, monkeypatch):
     from test_monitor import model_folder
 
     from covidnet.params import load_params
-    from covidnet.predlog import PredLogError
+    from covidnet.monitor.predlog import PredLogError
 
     params = load_params(REPO / "params.yaml")
     params["paths"]["predlog"] = str(tmp_path / "log.db")

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from covidnet.params import ParamsError, load_params, section
-from covidnet.preprocess import PreprocessParams
-from covidnet.split import SplitParams
+from covidnet.preprocess.stage import PreprocessParams
+from covidnet.data.split import SplitParams
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,12 +1,11 @@
-"""Tests of the SYNTHETIC chest phantom (covidnet.phantom)."""
+"""Tests of the SYNTHETIC chest phantom (covidnet.synthetic.phantom)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from covidnet import phantom
-
+from covidnet.synthetic import phantom
 SHAPE = (40, 64, 64)
 SPACING = (6.0, 5.5, 5.5)
 

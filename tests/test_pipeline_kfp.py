@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from covidnet import cli
-from covidnet import pipeline as kp
+from covidnet.cli import main as cli
+from covidnet.kfp import runner as kp
 from covidnet.params import ParamsError, load_params
-from covidnet.pipeline_params import pipeline_params
+from covidnet.kfp.params import pipeline_params
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"

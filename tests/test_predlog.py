@@ -1,4 +1,4 @@
-"""The prediction log (src/covidnet/predlog.py) on real SQLite files: restart, concurrency, keys."""
+"""The prediction log (src/covidnet/monitor/predlog.py) on real SQLite files: restart, concurrency, keys."""
 
 import datetime as dt
 import hashlib
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from covidnet.params import ParamsError, load_params
-from covidnet.predlog import (INSECURE_KEY, LogParams, Prediction, PredictionLog, PredLogError, hash_id,
+from covidnet.monitor.predlog import (INSECURE_KEY, LogParams, Prediction, PredictionLog, PredLogError, hash_id,
                               predictions_from_answers, resolve_key, resolve_url)
-from covidnet.preprocess import QC_VALUES
+from covidnet.preprocess.stage import QC_VALUES
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = b"0123456789abcdef0123456789abcdef"

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covidnet.dicom import SeriesParams, SeriesReadError, index_tree, read_volume_hu
-from covidnet.preprocess import QC_VALUES, PreprocessParams, clip_scale, preprocess_cohort, preprocess_series, resize_crop
-from covidnet.dicom_writer import SeriesHeader, write_series
+from covidnet.data.dicom import SeriesParams, SeriesReadError, index_tree, read_volume_hu
+from covidnet.preprocess.stage import QC_VALUES, PreprocessParams, clip_scale, preprocess_cohort, preprocess_series, resize_crop
+from covidnet.synthetic.dicom_writer import SeriesHeader, write_series
 
 SERIES = SeriesParams(min_slices=4, max_gap_ratio=1.5, duplicate_tol_mm=0.01, orientation_tol=1e-3, axial_tol=0.1,
                       workers=1)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from covidnet.preprocess import PreprocessParams, clip_scale, crop_start, linear_taps, resize_crop
+from covidnet.preprocess.stage import PreprocessParams, clip_scale, crop_start, linear_taps, resize_crop
 
 
 @pytest.mark.parametrize("n_in,n_out", [(300, 64), (17, 8), (8, 17), (5, 5), (1, 4), (129, 128)])

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from covidnet import cli
-from covidnet.evaluate import EvaluateParams, compute_metrics
+from covidnet.cli import main as cli
+from covidnet.evaluate.stage import EvaluateParams, compute_metrics
 from covidnet.params import ParamsError, load_params, section
-from covidnet.promote import (CHALLENGER, CHAMPION, PREVIOUS, ROLLED_BACK, PromoteError, PromoteParams,
+from covidnet.promote.stage import (CHALLENGER, CHAMPION, PREVIOUS, ROLLED_BACK, PromoteError, PromoteParams,
                               paired_auc_difference, params_hash, promote, rollback)
 from covidnet.tracking import MlflowParams
 
@@ -40,7 +40,7 @@ def store(tmp_path_factory):
     """A SQLite store holding two training runs, each with a tiny COVIDNet logged as ``model``."""
     import mlflow
 
-    from covidnet.model import covidnet_cpu
+    from covidnet.model.network import covidnet_cpu
     from covidnet.tracking import configure
 
     root = tmp_path_factory.mktemp("mlflow")

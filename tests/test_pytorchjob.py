@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from covidnet import cli
-from covidnet.distributed import LaunchError
+from covidnet.cli import main as cli
+from covidnet.train.launch import LaunchError
 from covidnet.params import ParamsError, load_params
-from covidnet.pipeline_params import pipeline_params
-from covidnet.pytorchjob import job_state, pytorchjob_manifest, run_pytorchjob, train_with_pytorchjob
+from covidnet.kfp.params import pipeline_params
+from covidnet.kfp.pytorchjob import job_state, pytorchjob_manifest, run_pytorchjob, train_with_pytorchjob
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
@@ -81,7 +81,7 @@ def test_manifest_is_a_pytorchjob_of_the_sdk():
 
 
 def test_manifest_command_is_torchrun_of_the_train_stage():
-    """The container's command parses with torchrun's own parser and, after `-m covidnet.cli`, with ours."""
+    """The container's command parses with torchrun's own parser and, after `-m covidnet.cli.main`, with ours."""
     from torch.distributed.run import get_args_parser
 
     job = SETTINGS.pytorchjob
@@ -90,7 +90,7 @@ def test_manifest_command_is_torchrun_of_the_train_stage():
     assert command[0] == "torchrun"
     run_args = get_args_parser().parse_args(command[1:])
     assert run_args.nnodes == str(job.nodes) and run_args.nproc_per_node == str(job.gpus_per_node)
-    assert run_args.module and run_args.training_script == "covidnet.cli" and not run_args.standalone
+    assert run_args.module and run_args.training_script == "covidnet.cli.main" and not run_args.standalone
     train = cli.build_parser().parse_args(run_args.training_script_args)
     work = Path(job.mount_path) / "covidnet-train"
     assert train.command == "train" and train.profile == "paper" and train.resume == "auto" and train.quiet
@@ -251,7 +251,7 @@ def test_train_with_pytorchjob_end_to_end_on_a_stand_in_cluster(tmp_path, monkey
     raw["pipeline"]["pytorchjob"].update(nodes=1, gpus_per_node=0, mount_path=str(tmp_path / "workspace"),
                                          namespace="ml", poll_s=1)
     text = yaml.safe_dump(raw, sort_keys=False)
-    from covidnet.pipeline import stage_params
+    from covidnet.kfp.runner import stage_params
 
     params = stage_params(text, "tiny")
     (tmp_path / "workspace").mkdir()
@@ -281,7 +281,7 @@ def test_launcher_without_the_pvc_mounted_says_so(tmp_path, toy_tensors):
     raw = yaml.safe_load(PARAMS.read_text())
     raw["pipeline"]["pytorchjob"]["mount_path"] = str(tmp_path / "not-mounted")
     text = yaml.safe_dump(raw, sort_keys=False)
-    from covidnet.pipeline import stage_params
+    from covidnet.kfp.runner import stage_params
 
     toy_tensors(tmp_path / "pre")
     with pytest.raises(LaunchError, match=r"not-mounted: the PVC 'covidnet-workspace' is not mounted here"):

@@ -1,4 +1,4 @@
-"""The reference profile ``train`` writes into the model folder (src/covidnet/reference.py).
+"""The reference profile ``train`` writes into the model folder (src/covidnet/monitor/reference.py).
 
 Tiny tensors as in tests/test_train.py, plus a ``qc.csv`` as ``preprocess`` writes it (with a
 failed scan, a validation scan and identifier columns that must not reach the reference).
@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from covidnet.params import load_params, section
-from covidnet.predict import load_model, score, sigmoid
-from covidnet.preprocess import QC_VALUES
-from covidnet.reference import ReferenceError, load_reference, reference_tables
-from covidnet.serve import ServeParams, load_qc_reference, qc_reference
-from covidnet.train import train_model
+from covidnet.model.card import load_model, score, sigmoid
+from covidnet.preprocess.stage import QC_VALUES
+from covidnet.monitor.reference import ReferenceError, load_reference, reference_tables
+from covidnet.serve.bundle import ServeParams, load_qc_reference, qc_reference
+from covidnet.train.loop import train_model
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -18,12 +18,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from covidnet.evaluate import EvaluateParams, evaluate_model
+from covidnet.evaluate.stage import EvaluateParams, evaluate_model
 from covidnet.params import ParamsError, load_params, section
-from covidnet.promote import CHAMPION, PromoteParams, promote
-from covidnet.serve import ServeParams, load_bundle, weights_digest
-from covidnet.serve_client import predict
-from covidnet.serve_source import ModelSourceError, fetch_model, parse_model_uri
+from covidnet.promote.stage import CHAMPION, PromoteParams, promote
+from covidnet.serve.bundle import ServeParams, load_bundle, weights_digest
+from covidnet.serve.client import predict
+from covidnet.serve.source import ModelSourceError, fetch_model, parse_model_uri
 from covidnet.tracking import MlflowParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ PROVENANCE = {"git_commit": "abc123", "data_version": "dvc:0123", "params_hash":
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     """A SQLite store whose registered model ``covidnet-test`` has version 1 as ``champion``."""
-    from covidnet.train import train_model
+    from covidnet.train.loop import train_model
 
     tmp = tmp_path_factory.mktemp("registry")
     mp = MlflowParams(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", experiment="serve-tests",
@@ -138,7 +138,7 @@ def test_unknown_alias_version_or_model_is_named(registry):
         fetch_model(f"models:/{NAME}/7", uri)
     with pytest.raises(ModelSourceError, match=rf"no registered model 'other' .*registered: {NAME}"):
         fetch_model("models:/other@champion", uri)
-    r = subprocess.run([sys.executable, "-m", "covidnet.cli", "serve", "--params", str(registry["params"]),
+    r = subprocess.run([sys.executable, "-m", "covidnet.cli.main", "serve", "--params", str(registry["params"]),
                         "--model-uri", f"models:/{NAME}@challenger", "--port", str(_free_port())],
                        cwd=registry["tmp"], capture_output=True, text=True, timeout=120, env=_env())
     assert r.returncode == 2, r.stderr[-2000:]

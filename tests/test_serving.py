@@ -2,7 +2,7 @@
 
 A tiny model is trained in a fixture (as tests/test_train.py does) and served from its folder
 (``--model-dir``; serving by MLflow URI is tests/test_serve_source.py); studies are real DICOM
-files written by :func:`covidnet.dicom_writer.write_series`, zipped and posted as the clients do.
+files written by :func:`covidnet.synthetic.dicom_writer.write_series`, zipped and posted as the clients do.
 S3 study references are fetched from moto's S3 server on loopback (a real HTTP endpoint).
 """
 
@@ -26,12 +26,12 @@ import pytest
 import yaml
 
 from covidnet.params import load_params, section
-from covidnet.preprocess import PreprocessParams
-from covidnet.serve import ServeInputError, ServeParams, load_bundle, results, tensor_batch
-from covidnet.serve_client import PredictError, predict, v2_zip_request, zip_folder
-from covidnet.serve_input import extract_zip, studies_from_folder
-from covidnet.serve_lesions import lung_abnormality
-from covidnet.dicom_writer import SeriesHeader, write_series
+from covidnet.preprocess.stage import PreprocessParams
+from covidnet.serve.bundle import ServeInputError, ServeParams, load_bundle, results, tensor_batch
+from covidnet.serve.client import PredictError, predict, v2_zip_request, zip_folder
+from covidnet.serve.study import extract_zip, studies_from_folder
+from covidnet.serve.lesions import lung_abnormality
+from covidnet.synthetic.dicom_writer import SeriesHeader, write_series
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -64,7 +64,7 @@ def start_server(args: list[str], cwd: Path, env: dict, log_path: Path, model: s
     """
     port = _free_port()
     with open(log_path, "w") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "covidnet.cli", "serve", "--port", str(port), *args], cwd=cwd,
+        proc = subprocess.Popen([sys.executable, "-m", "covidnet.cli.main", "serve", "--port", str(port), *args], cwd=cwd,
                                 stdout=log, stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"})
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout_s
@@ -148,7 +148,7 @@ def s3():
 def _reference_qc(root: Path) -> pd.DataFrame:
     """A training QC table from normal studies (soft tissue at 40 HU) with noise of 8 to 20 HU."""
     series = load_params(REPO / "params.yaml", profile="tiny")["series"]
-    from covidnet.dicom import SeriesParams
+    from covidnet.data.dicom import SeriesParams
 
     sp = SeriesParams(**{**series, "workers": 1})
     pre = PreprocessParams(**{**PRE, "dtype": "float16", "body_hu": -500.0, "lung_hu": [-950.0, -400.0], "workers": 1})
@@ -163,7 +163,7 @@ def _reference_qc(root: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, s3):
     """A trained tiny model folder (with a training QC table) and `covidnet serve` on a free loopback port."""
-    from covidnet.train import train_model
+    from covidnet.train.loop import train_model
 
     tmp = tmp_path_factory.mktemp("serve")
     index = _cohort(tmp / "pre", n_train=4, n_val=2)
@@ -228,13 +228,13 @@ def test_cli_predict_binary_base64_and_errors(server, tmp_path):
     folder = _study(tmp_path / "dicom", uid="s2")
     runs = {}
     for encoding in ("binary", "base64"):
-        r = subprocess.run([sys.executable, "-m", "covidnet.cli", "predict", str(folder), "--url", server["base"],
+        r = subprocess.run([sys.executable, "-m", "covidnet.cli.main", "predict", str(folder), "--url", server["base"],
                             "--model", NAME, "--encoding", encoding], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         runs[encoding] = json.loads(r.stdout)
     assert len(runs["binary"]) == 1 and runs["binary"][0]["series_uid"] == runs["base64"][0]["series_uid"]
     assert runs["binary"][0]["score"] == pytest.approx(runs["base64"][0]["score"], abs=1e-6)
-    r = subprocess.run([sys.executable, "-m", "covidnet.cli", "predict", str(folder), "--url", server["infer"],
+    r = subprocess.run([sys.executable, "-m", "covidnet.cli.main", "predict", str(folder), "--url", server["infer"],
                         "--model", NAME], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "base URL" in r.stderr, r.stderr
     with pytest.raises(PredictError, match=r"HTTP 404: .*nosuchmodel"):
@@ -423,7 +423,7 @@ def _lung_phantom(lesions: bool = True, noise: float = 15.0, seed: int = 0):
 def test_lesion_fractions_on_phantom(tmp_path, lesions):
     """Known lesion volumes, written as DICOM and read back through the serving path: the GGO and
     consolidation fractions agree with the truth within 0.002 absolute (truth ~0.026 and ~0.011)."""
-    from covidnet.dicom import SeriesParams
+    from covidnet.data.dicom import SeriesParams
 
     vol, ggo, cons = _lung_phantom(lesions)
     write_series(tmp_path / "ph", vol, (2.5, 2.5, 2.5), header=SeriesHeader(uid_entropy=f"ph{lesions}"))

@@ -60,7 +60,7 @@ def test_manifest_is_a_kserve_inferenceservice(kind):
     assert p.timeout >= 300  # a 600-slice upload, preprocessing and the forward pass
     (c,) = p.containers
     assert c.name == "kserve-container" and c.image == "covidnet:0.1.0"
-    assert c.command + c.args[:2] == ["python", "serving/covidnet_model.py", "--model_dir", "/mnt/models"]
+    assert c.command + c.args[:2] == ["python", "-m", "covidnet.serve.kserve_model", "--model_dir", "/mnt/models"]
     env = {e.name: e.value for e in c.env}
     assert env["STORAGE_URI"].startswith("s3://")
     assert c.readiness_probe.http_get.path == "/v2/models/covidnet/ready"
@@ -79,7 +79,7 @@ def test_cpu_and_gpu_variants():
 
 
 def test_manifest_args_parse_with_the_server_parser():
-    """The container's args are accepted by serving/covidnet_model.py's parser (KServe's, extended)."""
+    """The container's args are accepted by covidnet.serve.kserve_model's parser (KServe's, extended)."""
     import subprocess
     import sys
 
@@ -87,7 +87,7 @@ def test_manifest_args_parse_with_the_server_parser():
         raw = yaml.safe_load(MANIFESTS[kind].read_text())
         args = raw["spec"]["predictor"]["containers"][0]["args"]
         code = ("import sys; sys.argv = ['x'];"
-                "sys.path.insert(0, 'serving'); import covidnet_model as m;"
+                "import covidnet.serve.kserve_model as m;"
                 f"a, rest = m.build_parser().parse_known_args({args!r}); assert not rest, rest; print(a.model_dir, a.profile)")
         r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from covidnet.split import ExternalRule, SplitError, SplitParams, check_split, split_cohort, split_counts
+from covidnet.data.split import ExternalRule, SplitError, SplitParams, check_split, split_cohort, split_counts
 
 
 def _cohort(n_per_label=10, hospitals=("h1", "h2", "h3")):

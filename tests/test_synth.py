@@ -1,4 +1,4 @@
-"""Tests of the SYNTHETIC cohort writer (covidnet.synth): real DICOM files, manifest, planted cases."""
+"""Tests of the SYNTHETIC cohort writer (covidnet.synthetic.synth): real DICOM files, manifest, planted cases."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pandas as pd
 import pydicom
 import pytest
 
-from covidnet.cohort import LABELS, PATIENT_COLUMNS, SCAN_COLUMNS, read_manifest
+from covidnet.data.cohort import LABELS, PATIENT_COLUMNS, SCAN_COLUMNS, read_manifest
 from covidnet.params import ParamsError, load_params, section
-from covidnet.dicom_writer import CODECS, SeriesHeader, write_series
-from covidnet.synth import PLANTED_FILE, SynthParams, synthesize
+from covidnet.synthetic.dicom_writer import CODECS, SeriesHeader, write_series
+from covidnet.synthetic.synth import PLANTED_FILE, SynthParams, synthesize
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 

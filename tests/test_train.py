@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import torch
 
-from covidnet.model import ModelParams
-from covidnet.train import (ResumeError, TrainDataError, TrainParams, TrainPaths, load_checkpoint, train_model)
+from covidnet.model.network import ModelParams
+from covidnet.train.loop import (ResumeError, TrainDataError, TrainParams, TrainPaths, load_checkpoint, train_model)
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (1, 8, 24, 24)
@@ -163,7 +163,7 @@ def _project(tmp: Path, epochs: int) -> Path:
 
 
 def _train_cmd(params: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "covidnet.cli", "train", "--params", str(params), "--quiet", "--no-track", *extra]
+    return [sys.executable, "-m", "covidnet.cli.main", "train", "--params", str(params), "--quiet", "--no-track", *extra]
 
 
 def _weights(tmp: Path) -> dict:
@@ -231,7 +231,7 @@ def test_mlflow_run_logs_params_metrics_and_a_loadable_model(tmp_path):
     history = mlflow.tracking.MlflowClient().get_metric_history(r.run_id, "val_loss")
     assert [m.step for m in history] == [1, 2]
     logged = mlflow.pytorch.load_model(f"runs:/{r.run_id}/model")
-    from covidnet.model import COVIDNet
+    from covidnet.model.network import COVIDNet
 
     card = json.loads((paths.model / "model.json").read_text())
     ours = COVIDNet(**card["config"]["model"])

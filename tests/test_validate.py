@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from covidnet import validate as validate_mod
-from covidnet.cohort import PATIENT_COLUMNS, SCAN_COLUMNS, Manifest
+from covidnet.validate import suites as validate_mod
+from covidnet.data.cohort import PATIENT_COLUMNS, SCAN_COLUMNS, Manifest
 from covidnet.params import load_params, section
-from covidnet.validate import ValidateParams, validate_cohort
+from covidnet.validate.suites import ValidateParams, validate_cohort
 
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
 HOSPITALS = ["hospital_a", "hospital_b"]

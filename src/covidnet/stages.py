@@ -51,7 +51,7 @@ class Paths:
 
 def run_synth(params: dict[str, Any], paths: Paths):
     """Write the synthetic cohort (DICOM tree + manifest)."""
-    from covidnet.synth import SynthParams, synthesize
+    from covidnet.synthetic.synth import SynthParams, synthesize
 
     return synthesize(section(params, "synth", SynthParams), paths.dicom, paths.manifest)
 
@@ -72,13 +72,13 @@ def run_validate(params: dict[str, Any], paths: Paths, progress: bool = True):
     """Index the DICOM tree (series table, files table, skipped files) and validate.
 
     Returns:
-        ``(index, report)``: the :class:`covidnet.dicom.DicomIndex` and the
-        :class:`covidnet.validate.ValidationReport`. The index is written even when
+        ``(index, report)``: the :class:`covidnet.data.dicom.DicomIndex` and the
+        :class:`covidnet.validate.suites.ValidationReport`. The index is written even when
         validation fails, so its tables can be inspected.
     """
-    from covidnet.cohort import read_manifest
-    from covidnet.dicom import SeriesParams, index_tree
-    from covidnet.validate import ValidateParams, validate_cohort
+    from covidnet.data.cohort import read_manifest
+    from covidnet.data.dicom import SeriesParams, index_tree
+    from covidnet.validate.suites import ValidateParams, validate_cohort
 
     manifest = read_manifest(paths.manifest)
     index = index_tree(paths.dicom, section(params, "series", SeriesParams), progress=progress)
@@ -96,8 +96,8 @@ def run_validate(params: dict[str, Any], paths: Paths, progress: bool = True):
 
 def run_exclude(params: dict[str, Any], paths: Paths):
     """Apply the exclusion criteria; writes ``cohort.csv``, ``exclusions.csv``, ``flow.json``."""
-    from covidnet.cohort import read_manifest
-    from covidnet.exclude import ExcludeParams, apply_exclusions
+    from covidnet.data.cohort import read_manifest
+    from covidnet.data.exclude import ExcludeParams, apply_exclusions
 
     series, _files = load_index(paths.index)
     result = apply_exclusions(read_manifest(paths.manifest), series, section(params, "exclude", ExcludeParams))
@@ -116,8 +116,8 @@ def run_split(params: dict[str, Any], paths: Paths):
     """
     import json
 
-    from covidnet.flow import flow_metrics, render_flow
-    from covidnet.split import SplitParams, split_cohort, split_counts
+    from covidnet.data.flow import flow_metrics, render_flow
+    from covidnet.data.split import SplitParams, split_cohort, split_counts
 
     cohort = pd.read_csv(paths.cohort / "cohort.csv", dtype=str, keep_default_na=False)
     cohort["scan_order"] = cohort["scan_order"].astype(int)
@@ -135,7 +135,7 @@ def run_split(params: dict[str, Any], paths: Paths):
 
 def run_preprocess(params: dict[str, Any], paths: Paths, progress: bool = True):
     """Preprocess every scan of the split into ``paths.preprocessed``."""
-    from covidnet.preprocess import PreprocessParams, preprocess_cohort
+    from covidnet.preprocess.stage import PreprocessParams, preprocess_cohort
 
     split = pd.read_csv(paths.split, dtype=str, keep_default_na=False)
     series, files = load_index(paths.index)
@@ -146,10 +146,10 @@ def run_preprocess(params: dict[str, Any], paths: Paths, progress: bool = True):
 def run_train(params: dict[str, Any], paths: Paths, resume: str = "auto", track: bool = True,
               progress: bool = True):
     """Train on the preprocessed tensors; track the run in MLflow."""
-    from covidnet.model import ModelParams
-    from covidnet.preprocess import PreprocessParams, params_dict
+    from covidnet.model.network import ModelParams
+    from covidnet.preprocess.stage import PreprocessParams, params_dict
     from covidnet.tracking import data_version, git_commit, mlflow_params
-    from covidnet.train import TrainParams, TrainPaths, train_model
+    from covidnet.train.loop import TrainParams, TrainPaths, train_model
 
     index = pd.read_csv(paths.preprocessed / "index.csv", dtype=str, keep_default_na=False)
     provenance = {"git_commit": git_commit(), "data_version": data_version(paths.preprocessed),
@@ -174,7 +174,7 @@ def run_evaluate(params: dict[str, Any], paths: Paths, predictions: Path | None 
     Returns:
         ``{set: metrics}``.
     """
-    from covidnet.evaluate import EvaluateParams, evaluate_model, evaluate_predictions, read_predictions
+    from covidnet.evaluate.stage import EvaluateParams, evaluate_model, evaluate_predictions, read_predictions
 
     eparams = section(params, "evaluate", EvaluateParams)
     synthetic = is_synthetic(params)
@@ -194,10 +194,10 @@ def run_promote(params: dict[str, Any], paths: Paths, rollback: bool = False):
     """Register the evaluated model and apply the gate (writes ``paths.decision``), or roll back.
 
     Returns:
-        The :class:`covidnet.promote.Decision`, or with ``rollback`` the
-        :class:`covidnet.promote.Rollback`.
+        The :class:`covidnet.promote.stage.Decision`, or with ``rollback`` the
+        :class:`covidnet.promote.stage.Rollback`.
     """
-    from covidnet import promote as promote_
+    from covidnet.promote import stage as promote_
     from covidnet.tracking import git_commit, mlflow_params
 
     tracking = mlflow_params(params)

@@ -1,0 +1,1 @@
+"""CLI: one module per command group; `covidnet STAGE` dispatch in one table."""

@@ -1,0 +1,1 @@
+"""The cohort's data: manifest schema, DICOM headers and series selection, exclusion, split, flow, fetch."""

@@ -1,0 +1,1 @@
+"""Evaluation as the paper reports it: metrics with bootstrap CIs, figures, the report."""

@@ -1,0 +1,1 @@
+"""The Kubeflow Pipelines adapter: components, pipelines, compile/run/submit, PyTorchJob."""

@@ -1,0 +1,1 @@
+"""The Kubeflow pipelines, built from the `pipeline` section of params."""

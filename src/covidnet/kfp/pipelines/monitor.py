@@ -1,0 +1,43 @@
+"""The monitoring pipeline: one task, the drift report of the prediction log (``components/monitor.py``).
+
+Meant for a recurring run (``covidnet pipeline submit --pipeline covidnet-monitor --schedule
+'0 * * * *'``): each run judges the last ``monitor.drift.window_hours`` of served studies
+against the reference profiles of the versions that served them, and fails on an alarm
+(``fail_on_alarm``), which is what turns a scheduled run red.
+
+The task reads the prediction log's URL from the Kubernetes secret ``pipeline.secrets.predlog``
+(its variable must be ``monitor.log.url_env``; a test checks it) and MLflow's
+settings from ``pipeline.secrets.mlflow``; its resources and retries come from the ``pipeline``
+section of params, as for the other pipelines. Registered as ``covidnet-monitor`` in
+:data:`covidnet.kfp.runner.PIPELINES`.
+"""
+
+from typing import Any, NamedTuple
+
+from kfp import dsl, kubernetes
+from kfp.dsl import HTML, Dataset, Metrics
+
+from covidnet.kfp.components import monitor as m
+Outputs = NamedTuple("Outputs", [("report", HTML), ("drift_json", Dataset), ("drift", Metrics)])
+
+
+def covidnet_monitor(settings: Any) -> Any:
+    """The drift-monitoring pipeline, with the resources, retries and secrets of ``settings``."""
+    @dsl.pipeline(name="covidnet-monitor", description="COVIDNet endpoint monitoring: drift of the prediction log "
+                                                       "against the served versions' reference profiles; fails on alarm.")
+    def pipeline(params_yaml: str, profile: str = "default", window_hours: float = -1.0, until: str = "",
+                 fail_on_alarm: bool = True) -> Outputs:
+        """window_hours below 0 keeps monitor.drift.window_hours; until "" = the run's start."""
+        task = m.monitor_drift(params_yaml=params_yaml, profile=profile, window_hours=window_hours, until=until,
+                               fail_on_alarm=fail_on_alarm)
+        task.set_cpu_limit(settings.resources.cpu).set_memory_limit(settings.resources.memory)
+        task.set_caching_options(False)  # the log grows and "now" moves: never reuse a report
+        r = settings.retry
+        task.set_retry(num_retries=r.count, backoff_duration=f"{r.backoff_s}s", backoff_factor=r.factor,
+                       backoff_max_duration=f"{r.max_backoff_s}s")
+        for secret in (settings.secrets.predlog, settings.secrets.mlflow):
+            kubernetes.use_secret_as_env(task, secret_name=secret.name, secret_key_to_env=dict(secret.env))
+        return Outputs(report=task.outputs["report"], drift_json=task.outputs["drift_json"],
+                       drift=task.outputs["drift"])
+
+    return pipeline

@@ -1,0 +1,1 @@
+"""The network (COVIDNet, a 3D DenseNet), its FLOP summary, and the model folder format."""

@@ -1,0 +1,1 @@
+"""Monitoring the endpoint: prediction log, reference profile, drift, feedback, Prometheus."""

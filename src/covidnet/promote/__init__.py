@@ -1,0 +1,1 @@
+"""Promotion in the MLflow registry: the gate and the aliases."""

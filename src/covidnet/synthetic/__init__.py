@@ -1,0 +1,1 @@
+"""The SYNTHETIC demo cohort: anatomy phantoms in HU, findings, and their DICOM writer."""

@@ -1,0 +1,1 @@
+"""Training: data, the step plan, the epoch loop, checkpoints, DDP, outputs, launchers."""

@@ -126,7 +126,8 @@ def main() -> None:
                     "so a run cut short by a time limit keeps what it measured")
     args = ap.parse_args()
 
-    from covidnet.model.network import count_flops, covidnet_paper
+    from covidnet.model.builders import covidnet_paper
+    from covidnet.model.summary import count_flops
 
     start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

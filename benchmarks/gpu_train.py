@@ -71,7 +71,7 @@ def bare_step_rate(model_params, shape: tuple[int, ...], batch: int, iters: int 
     """Volumes/s of a bare bf16 Adam step of the same network (the anchor)."""
     import torch
 
-    from covidnet.model.network import build_model
+    from covidnet.model.builders import build_model
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -111,7 +111,7 @@ def main() -> None:
 
     import torch
 
-    from covidnet.model.network import ModelParams
+    from covidnet.model.builders import ModelParams
     from covidnet.params import load_params, section
     from covidnet.preprocess.stage import PreprocessParams, params_dict
     from covidnet.train.loop import TrainParams, TrainPaths, train_model

@@ -52,7 +52,8 @@ def main() -> None:
     import monai
     from monai.networks.nets import DenseNet
 
-    from covidnet.model.network import covidnet_cpu, format_summary, model_summary
+    from covidnet.model.builders import covidnet_cpu
+    from covidnet.model.summary import format_summary, model_summary
 
     torch.manual_seed(0)
     ours = covidnet_cpu(norm_affine=False)

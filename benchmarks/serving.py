@@ -134,7 +134,7 @@ def _anchor(model_dir: str, params_path: str, zip_path: str) -> None:
     import torch
 
     from covidnet.params import load_params
-    from covidnet.model.card import score
+    from covidnet.model.inference import score
     from covidnet.serve.bundle import load_bundle, results
     from covidnet.serve.study import study_zip
 
@@ -187,7 +187,7 @@ def _model_folder(model_dir: Path, params: dict, tmp: Path) -> tuple[Path, str]:
         return model_dir, "trained"
     import torch
 
-    from covidnet.model.network import ModelParams, build_model
+    from covidnet.model.builders import ModelParams, build_model
     from covidnet.params import section
 
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from covidnet.params import is_synthetic, load_params
-from covidnet.stages import Paths
+from covidnet.paths import Paths
 
 
 def _size(path: Path) -> str:

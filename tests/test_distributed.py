@@ -53,7 +53,7 @@ def test_checkpoint_key_follows_the_inputs():
 
 def test_checkpoint_location_is_a_folder_or_an_s3_prefix(tmp_path):
     from covidnet.kfp.runner import stage_params
-    from covidnet.stages import Paths
+    from covidnet.paths import Paths
 
     text = (REPO / "params.yaml").read_text()
     params = stage_params(text, "tiny")
@@ -159,7 +159,7 @@ def test_a_retried_train_task_resumes_from_the_checkpoint_dir(tmp_path, monkeypa
     assert not (tmp_path / "a" / "model").exists()  # the killed try left no model
 
     from covidnet.kfp.runner import stage_params
-    from covidnet.stages import Paths
+    from covidnet.paths import Paths
 
     params = stage_params(text, "tiny")
     paths = Paths.from_params(params, preprocessed=tmp_path / "pre", model=tmp_path / "b/model",

@@ -38,7 +38,8 @@ def cohort_repo(tmp_path_factory, s3_server, git_env):
 
 def _make_cohort_repo(repo, s3_server, env):
     from covidnet.params import load_params
-    from covidnet.stages import Paths, run_synth
+    from covidnet.paths import Paths
+    from covidnet.synthetic.synth import run_synth
 
     repo.mkdir()
     _run(["git", "init", "-q", "-b", "main"], repo, env)

@@ -5,17 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from covidnet.model.network import (
-    COVIDNet,
-    ModelParams,
-    build_model,
-    count_flops,
-    covidnet_cpu,
-    covidnet_paper,
-    covidnet_released,
-    format_summary,
-    model_summary,
-)
+from covidnet.model.builders import ModelParams, build_model, covidnet_cpu, covidnet_paper, covidnet_released
+from covidnet.model.network import COVIDNet
+from covidnet.model.summary import count_flops, format_summary, model_summary
 from covidnet.params import ParamsError, load_params, section
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ from covidnet.monitor.report import ALARM_EXIT, drift_report, find_reference, mo
 from covidnet.params import load_params
 from covidnet.monitor.predlog import Prediction, PredictionLog, hash_id
 from covidnet.preprocess.stage import QC_VALUES
-from covidnet.monitor.reference import ReferenceError
-from covidnet.serve.bundle import model_version
+from covidnet.monitor.reference import ReferenceProfileError
+from covidnet.model.card import ModelCard
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = b"0123456789abcdef0123456789abcdef"
@@ -65,7 +65,7 @@ def project(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     model = model_folder(tmp_path / "model")
     plog = PredictionLog(f"sqlite:///{tmp_path / 'predictions.db'}", KEY, 30.0)
-    yield {"params": tmp_path / "params.yaml", "model": model, "version": model_version(model, {}), "log": plog,
+    yield {"params": tmp_path / "params.yaml", "model": model, "version": ModelCard.folder_version(model), "log": plog,
            "out": tmp_path / "reports"}
     plog.close()
 
@@ -135,7 +135,7 @@ def test_unknown_version_is_an_error_naming_it(project, capsys):
 def test_each_version_against_its_own_reference(tmp_path):
     """Two model versions in one window: each judged against its own reference profile."""
     a, b = model_folder(tmp_path / "a", seed=1), model_folder(tmp_path / "b", seed=2)
-    pa, pb = model_version(a, {}), model_version(b, {})
+    pa, pb = ModelCard.folder_version(a), ModelCard.folder_version(b)
     frame = pd.DataFrame([r.row() for r in rows(pa, 40, T0, 5) + rows(pb, 40, T0, 6, noise=40.0)])
     frame["time"] = pd.to_datetime(frame["time"], utc=True)
     params = monitor_params(load_params(REPO / "params.yaml")).drift
@@ -161,7 +161,7 @@ def test_reference_from_the_mlflow_training_run(tmp_path):
         mlflow.log_artifacts(str(folder), artifact_path="covidnet")
     ref = find_reference("3", run.info.run_id, [], tracking)
     assert len(ref.qc) == 300 and len(ref.scores) == 300 and run.info.run_id in ref.source
-    with pytest.raises(ReferenceError, match="cannot download"):
+    with pytest.raises(ReferenceProfileError, match="cannot download"):
         find_reference("3", "0" * 32, [], tracking)
-    with pytest.raises(ReferenceError, match="no MLflow run logged"):
+    with pytest.raises(ReferenceProfileError, match="no MLflow run logged"):
         find_reference("3", None, [tmp_path / "nowhere"], tracking)

@@ -26,7 +26,7 @@ from covidnet.monitor.report import monitor_params
 from covidnet.params import load_params
 from covidnet.monitor.predlog import Prediction, PredictionLog
 from covidnet.preprocess.stage import QC_VALUES
-from covidnet.serve.bundle import model_version
+from covidnet.model.card import ModelCard
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = b"0123456789abcdef0123456789abcdef"
@@ -71,7 +71,7 @@ def _log_window(plog: PredictionLog, qc: pd.DataFrame, version: str, start: dt.d
 
 def test_drifted_cohort_raises_the_alarm_undrifted_does_not(cohorts, tmp_path):
     model = _model(tmp_path / "model", cohorts["reference"])
-    version = model_version(model, {})
+    version = ModelCard.folder_version(model)
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["paths"].update({"predlog": str(tmp_path / "log.db"), "model": str(model), "monitor": str(tmp_path / "out")})
     raw["monitor"]["drift"]["score"] = False

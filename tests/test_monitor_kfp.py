@@ -18,7 +18,7 @@ from kfp.dsl import HTML, Dataset, Metrics
 from covidnet.params import load_params
 from covidnet.kfp.params import pipeline_params
 from covidnet.monitor.predlog import PredictionLog
-from covidnet.serve.bundle import model_version
+from covidnet.model.card import ModelCard
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -67,7 +67,7 @@ def project(tmp_path, monkeypatch):
     model = model_folder(tmp_path / "model")
     db = tmp_path / "predictions.db"
     plog = PredictionLog(f"sqlite:///{db}", KEY, 30.0)
-    version = model_version(model, {})
+    version = ModelCard.folder_version(model)
     plog.append(rows(version, 60, T0, seed=1))
     plog.append(rows(version, 60, T0 + dt.timedelta(days=1), seed=2, noise=35.0))
     plog.close()

@@ -40,7 +40,7 @@ def store(tmp_path_factory):
     """A SQLite store holding two training runs, each with a tiny COVIDNet logged as ``model``."""
     import mlflow
 
-    from covidnet.model.network import covidnet_cpu
+    from covidnet.model.builders import covidnet_cpu
     from covidnet.tracking import configure
 
     root = tmp_path_factory.mktemp("mlflow")

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from covidnet.params import load_params, section
-from covidnet.model.card import load_model, score, sigmoid
+from covidnet.model.card import ModelCard
+from covidnet.model.inference import score, sigmoid
 from covidnet.preprocess.stage import QC_VALUES
-from covidnet.monitor.reference import ReferenceError, load_reference, reference_tables
+from covidnet.monitor.reference import ReferenceProfileError, load_reference, reference_tables
 from covidnet.serve.bundle import ServeParams, load_qc_reference, qc_reference
 from covidnet.train.loop import train_model
 
@@ -60,7 +61,7 @@ def test_train_writes_the_reference_profile(tmp_path):
     # The scores are the best model's raw scores on the validation split, in index order.
     val = index[index.split == "val"]
     scores = pd.read_csv(paths.model / card["score_reference"])
-    net, _ = load_model(paths.model)
+    net, _ = ModelCard.load(paths.model)
     x = torch.stack([torch.from_numpy(np.load(tmp_path / "pre" / p).astype(np.float32)) for p in val.path])
     logits, _ = score(net, [x])
     np.testing.assert_allclose(scores["score"], sigmoid(logits), rtol=1e-5, atol=1e-7)
@@ -72,7 +73,7 @@ def test_train_writes_the_reference_profile(tmp_path):
     # Serving's QC flags read the same file through the card (min..max: percentiles 0 and 100).
     sp = dataclasses.replace(section(load_params(REPO / "params.yaml"), "serve", ServeParams),
                              qc_percentiles=(0.0, 100.0), qc_margin=0.0)
-    got = load_qc_reference(paths.model, {"paths": {"preprocessed": str(tmp_path / "nowhere")}}, card, sp)
+    got = load_qc_reference(paths.model, ModelCard.from_dict(card), sp, tmp_path / "nowhere" / "qc.csv")
     assert got["source"].startswith(str(paths.model / "reference" / "qc.csv"))
     assert got["ranges"]["noise_hu"] == [10.0, 10.0 + len(train) - 1]
 
@@ -84,16 +85,16 @@ def test_without_qc_csv_the_card_says_so(tmp_path, caplog):
     card = json.loads((paths.model / "model.json").read_text())
     assert card["qc_reference"] is None and card["score_reference"] == "reference/val_scores.csv"
     assert "qc.csv not found" in caplog.text
-    with pytest.raises(ReferenceError, match="names no qc_reference"):
+    with pytest.raises(ReferenceProfileError, match="names no qc_reference"):
         load_reference(paths.model)
 
 
 def test_reference_tables_rules():
     qc = pd.DataFrame({"scan_id": ["a", "b"], "hu_p05": [1.0, 2.0]})
-    with pytest.raises(ReferenceError, match=r"missing column\(s\) \['hu_p25'"):
+    with pytest.raises(ReferenceProfileError, match=r"missing column\(s\) \['hu_p25'"):
         reference_tables(qc, ["a"], pd.DataFrame(), None)
     val = pd.DataFrame({"label": ["covid", "non_covid"], "hospital": ["h", "h"]})
-    with pytest.raises(ReferenceError, match="3 values for 2 validation scans"):
+    with pytest.raises(ReferenceProfileError, match="3 values for 2 validation scans"):
         reference_tables(None, [], val, np.array([0.1, 0.2, 0.3]))
     _, scores = reference_tables(None, [], val, np.array([0.9, 0.2]))
     assert list(scores["label"]) == [1, 0] and list(scores["score"]) == [0.9, 0.2]

@@ -21,8 +21,9 @@ import yaml
 from covidnet.evaluate.stage import EvaluateParams, evaluate_model
 from covidnet.params import ParamsError, load_params, section
 from covidnet.promote.stage import CHAMPION, PromoteParams, promote
-from covidnet.serve.bundle import ServeParams, load_bundle, weights_digest
-from covidnet.serve.client import predict
+from covidnet.model.card import ModelCard
+from covidnet.serve.bundle import ServeParams, load_bundle
+from covidnet.serve.client import send_study
 from covidnet.serve.source import ModelSourceError, fetch_model, parse_model_uri
 from covidnet.tracking import MlflowParams
 
@@ -125,7 +126,7 @@ def test_champion_by_alias_has_the_registry_version_calibrator_and_threshold(reg
     assert bundle.calibrator.kind == "temperature" and bundle.threshold == THRESHOLD
     assert bundle.model["version"] == "1" and bundle.model["name"] == NAME
     # the weights' digest ties the registry version to the folder train wrote (what a plain folder reports)
-    assert bundle.model["weights"] == weights_digest(registry["tmp"] / "model")
+    assert bundle.model["weights"] == ModelCard.digest(registry["tmp"] / "model")
     assert fetch_model(f"models:/{NAME}/1", registry["tracking_uri"]).run_id == registry["run_id"]
 
 
@@ -148,7 +149,7 @@ def test_unknown_alias_version_or_model_is_named(registry):
 @pytest.mark.slow
 def test_serve_with_no_flags_answers_with_the_champion(server, registry, tmp_path):
     folder = _study(tmp_path / "dicom", uid="reg")
-    (answer,) = predict(folder, server["base"], "covidnet")
+    (answer,) = send_study(folder, server["base"], "covidnet")
     model = answer["model"]
     assert (model["name"], model["version"], model["alias"]) == (NAME, "1", "champion")
     assert model["uri"] == f"models:/{NAME}@champion" and model["mlflow_run_id"] == registry["run_id"]

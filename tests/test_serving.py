@@ -28,7 +28,7 @@ import yaml
 from covidnet.params import load_params, section
 from covidnet.preprocess.stage import PreprocessParams
 from covidnet.serve.bundle import ServeInputError, ServeParams, load_bundle, results, tensor_batch
-from covidnet.serve.client import PredictError, predict, v2_zip_request, zip_folder
+from covidnet.serve.client import PredictError, send_study, v2_zip_request, zip_folder
 from covidnet.serve.study import extract_zip, studies_from_folder
 from covidnet.serve.lesions import lung_abnormality
 from covidnet.synthetic.dicom_writer import SeriesHeader, write_series
@@ -238,7 +238,7 @@ def test_cli_predict_binary_base64_and_errors(server, tmp_path):
                         "--model", NAME], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "base URL" in r.stderr, r.stderr
     with pytest.raises(PredictError, match=r"HTTP 404: .*nosuchmodel"):
-        predict(folder, server["base"], "nosuchmodel")
+        send_study(folder, server["base"], "nosuchmodel")
 
 
 def test_v1_base64_zip_and_tensor_together(server, tmp_path):
@@ -461,7 +461,7 @@ def test_s3_study_references(server, s3, tmp_path):
     status, body = _post(f"{server['base']}/v1/models/{NAME}:predict", {"instances": [{"s3": "s3://studies/dicom/s3study"}]})
     assert status == 200, body
     assert body["predictions"][0]["series_uid"] == uid and body["predictions"][0]["lesions"] is not None
-    (answer,) = predict("s3://studies/dicom/s3study", server["base"], NAME)  # covidnet predict s3://...
+    (answer,) = send_study("s3://studies/dicom/s3study", server["base"], NAME)  # covidnet predict s3://...
     assert answer["series_uid"] == uid
     for uri in ("s3://studies/zips/missing.zip", "s3://studies/nothing/here", "s3://nosuchbucket/a.zip"):
         status, body = _post(server["infer"], {"inputs": [{"name": "r", "shape": [1], "datatype": "BYTES",

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from covidnet.model.network import ModelParams
+from covidnet.model.builders import ModelParams
 from covidnet.train.loop import (ResumeError, TrainDataError, TrainParams, TrainPaths, load_checkpoint, train_model)
 
 REPO = Path(__file__).resolve().parents[1]

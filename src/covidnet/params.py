@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from covidnet.errors import CovidnetError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
 T = TypeVar("T")
 
 
-class ParamsError(ValueError):
+class ParamsError(CovidnetError, ValueError):
     """A ``params.yaml`` value is missing, unknown or of the wrong type."""
 
 
@@ -65,6 +66,11 @@ def load_params(path: Path | str = DEFAULT_PARAMS, profile: str | None = None) -
     merged["profile"] = name
     merged["_source"] = str(path)
     return merged
+
+
+def profile_name(params: dict[str, Any]) -> str:
+    """The profile :func:`load_params` applied (``default`` when none)."""
+    return str(params.get("profile") or "default")
 
 
 def is_synthetic(params: dict[str, Any]) -> bool:
@@ -139,7 +145,12 @@ def _build(cls: type[T], data: Any, where: str) -> T:
             kwargs[name] = _convert(data[name], hints[name], f"{where}.{name}")
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ParamsError(f"{where}.{name}: required key is missing")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ParamsError:
+        raise
+    except (ValueError, TypeError) as exc:  # a range check of the section's dataclass
+        raise ParamsError(str(exc)) from None
 
 
 def section(params: dict[str, Any], name: str, cls: type[T]) -> T:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from covidnet.errors import InputError
 
 DESCRIPTION = """\
 drift        drift report over a window of the prediction log against the reference profile of
@@ -25,8 +26,10 @@ The log: SQLite at paths.predlog, or monitor.log.url, or $COVIDNET_PREDLOG_URL (
 """
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, command: str = "monitor") -> None:
     """The ``covidnet monitor`` subcommand's arguments."""
+    parser.description = DESCRIPTION
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("action", choices=("drift", "feedback", "performance"), help="what to do (see above)")
     parser.add_argument("file", nargs="?", type=Path, default=None, help="feedback: the PCR results CSV")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
@@ -43,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="report folder (default: paths.monitor)")
 
 
-def main(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Carry out ``covidnet monitor ACTION``; returns the exit status."""
     from covidnet.monitor.report import ALARM_EXIT
     from covidnet.params import is_synthetic, load_params
@@ -53,11 +56,11 @@ def main(args: argparse.Namespace) -> int:
         from covidnet.monitor.feedback import run_feedback
 
         if args.file is None:
-            raise ValueError("monitor feedback: give the PCR results CSV (covidnet monitor feedback FILE.csv)")
+            raise InputError("monitor feedback: give the PCR results CSV (covidnet monitor feedback FILE.csv)")
         print(f"monitor feedback: {run_feedback(params, args.file).summary()}")
         return 0
     if args.file is not None:
-        raise ValueError(f"monitor {args.action}: takes no FILE argument (got {args.file})")
+        raise InputError(f"monitor {args.action}: takes no FILE argument (got {args.file})")
     out = args.out or Path(params["paths"]["monitor"])
     synthetic = " (SYNTHETIC data)" if is_synthetic(params) else ""
     if args.action == "drift":
@@ -71,7 +74,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"monitor drift{synthetic}: {r['status'].upper()} over {r['window']['since']} .. {r['window']['until']} "
               f"({r['n']} studies) -> {out / 'drift.json'}, {out / 'drift.html'}")
         if r["status"] == "error":
-            raise ValueError("monitor drift: " + "; ".join(r["errors"]))
+            raise InputError("monitor drift: " + "; ".join(r["errors"]))
         return ALARM_EXIT if r["alarm"] else 0
     from covidnet.monitor.feedback import run_performance
 

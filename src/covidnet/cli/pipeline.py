@@ -14,8 +14,16 @@ from covidnet.params import DEFAULT_PARAMS, ParamsError
 log = logging.getLogger(__name__)
 
 
-def add_arguments(parser: Any) -> None:
-    """The ``covidnet pipeline`` subcommand's arguments (``covidnet.cli.main`` calls this)."""
+DESCRIPTION = ("compile: write the pipelines' IR YAML (pipelines/), resources, retries, secrets and volumes from "
+               "the `pipeline` params; run --local: run a pipeline here with kfp.local (MLflow in a temporary SQLite "
+               "store); submit --host URL [--experiment NAME] [--schedule CRON]: send a run or a recurring run to "
+               "Kubeflow Pipelines; pytorchjob: write the Kubeflow PyTorchJob that trains across nodes. The profile, "
+               "thresholds and cohort revision are checked first.")
+
+
+def add_arguments(parser: Any, command: str = "pipeline") -> None:
+    """The ``covidnet pipeline`` subcommand's arguments."""
+    parser.description = DESCRIPTION
     from covidnet.kfp.runner import PIPELINES
 
     names = ", ".join(f"{k} ({v.summary})" for k, v in PIPELINES.items())
@@ -73,7 +81,7 @@ def _arguments(args: Any, **extra: Any):
                            checkpoint_dir=args.checkpoint_dir, **extra)
 
 
-def main(args: Any) -> int:
+def run(args: Any) -> int:
     """Carry out ``covidnet pipeline ACTION``."""
     from covidnet.kfp import runner as kp
     if args.action == "compile":

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from covidnet.errors import CovidnetError
 
 PATIENTS_FILE = "patients.csv"
 SCANS_FILE = "scans.csv"
@@ -34,7 +35,7 @@ LABELS = ("covid", "non_covid")
 LABEL_TO_INT = {"covid": 1, "non_covid": 0}
 
 
-class ManifestError(ValueError):
+class ManifestError(CovidnetError, ValueError):
     """The manifest cannot be read: a file or a required column is missing."""
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from covidnet.errors import CovidnetError, MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class DicomIndex:
     skipped: pd.DataFrame
 
 
-class SeriesReadError(RuntimeError):
+class SeriesReadError(CovidnetError, RuntimeError):
     """Pixel data of a series could not be read; the message names the file."""
 
 
@@ -389,7 +390,7 @@ def find_files(root: Path | str) -> list[Path]:
     """Every regular file under ``root`` at any depth, sorted, hidden files included."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: DICOM folder not found")
+        raise MissingInputError(f"{root}: DICOM folder not found")
     out = []
     for dirpath, _dirs, names in os.walk(root):
         for name in names:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from covidnet.data.cohort import Manifest
+from covidnet.data.cohort import Manifest, ManifestError
 
 COHORT_COLUMNS = ("patient_id", "hospital", "label", "pathogen", "pcr_positive_date", "study_uid",
                   "series_uid", "scan_date", "scan_order", "days_from_pcr")
@@ -58,6 +58,11 @@ class ExclusionResult:
     cohort: pd.DataFrame
     exclusions: pd.DataFrame
     flow: dict
+
+    def summary(self) -> str:
+        inc = self.flow["included"]
+        return (f"included {inc['covid']['patients']} COVID-19 and {inc['non_covid']['patients']} other-pneumonia "
+                f"patients ({len(self.cohort)} scans); {len(self.exclusions)} exclusion(s)")
 
 
 def _describe_unusable(candidates: pd.DataFrame) -> tuple[str, str]:
@@ -103,7 +108,7 @@ def apply_exclusions(manifest: Manifest, series: pd.DataFrame, params: ExcludePa
         parsed = pd.to_datetime(scans[column].replace("", None), format="%Y-%m-%d", errors="coerce")
         bad = scans[column].ne("") & parsed.isna()
         if bad.any():
-            raise ValueError(f"{name}: column {column!r} has unparseable date(s) {sorted(scans.loc[bad, column].unique())[:5]}")
+            raise ManifestError(f"{name}: column {column!r} has unparseable date(s) {sorted(scans.loc[bad, column].unique())[:5]}")
         scans[column + "_dt"] = parsed
 
     selected = series[series["selected"]].set_index("study_uid")
@@ -183,3 +188,19 @@ def apply_exclusions(manifest: Manifest, series: pd.DataFrame, params: ExcludePa
         "studies_not_in_manifest": int((excl["rule"] == "not_in_manifest").sum()),
     }
     return ExclusionResult(cohort=cohort, exclusions=excl, flow=flow)
+
+
+def run_exclude(params: dict, paths) -> ExclusionResult:
+    """The ``exclude`` stage: writes ``cohort.csv``, ``exclusions.csv`` and ``flow.json`` to ``paths.cohort``."""
+    from covidnet import atomic
+    from covidnet.data.cohort import read_manifest
+    from covidnet.data.index import load_index
+    from covidnet.params import section
+
+    series, _files = load_index(paths.index)
+    result = apply_exclusions(read_manifest(paths.manifest), series, section(params, "exclude", ExcludeParams))
+    with atomic.atomic_path(paths.cohort, directory=True) as tmp:
+        result.cohort.to_csv(tmp / "cohort.csv", index=False)
+        result.exclusions.to_csv(tmp / "exclusions.csv", index=False)
+        atomic.write_json(tmp / "flow.json", result.flow)
+    return result

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from covidnet.atomic import atomic_path
+from covidnet.errors import CovidnetError
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +30,11 @@ _SHA = re.compile(r"^[0-9a-f]{40}$")
 _SHORT_SHA = re.compile(r"^[0-9a-f]{4,39}$")
 
 
-class FetchError(RuntimeError):
+class FetchError(CovidnetError, RuntimeError):
     """The cohort could not be fetched; the message names the repository, the path and the revision."""
 
 
-class RevisionError(ValueError):
+class RevisionError(CovidnetError, ValueError):
     """The cohort revision is not in the repository."""
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from covidnet.data.cohort import LABELS
+from covidnet.errors import CovidnetError
 
 SPLITS = ("train", "val", "test")
 EXTERNAL = "external"
@@ -49,7 +50,7 @@ class SplitParams:
                 ) from None
 
 
-class SplitError(RuntimeError):
+class SplitError(CovidnetError, RuntimeError):
     """The split violates an invariant (a patient in two splits, an empty split)."""
 
 
@@ -121,3 +122,39 @@ def split_counts(split: pd.DataFrame) -> dict:
             for label in LABELS
         }
     return out
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """What the ``split`` stage wrote: the split table and the flow counts with the splits."""
+
+    split: pd.DataFrame
+    flow: dict
+
+    def summary(self) -> str:
+        sizes = ", ".join(f"{k} {v['covid']['patients'] + v['non_covid']['patients']}"
+                          for k, v in self.flow["split"].items())
+        return f"patients per split: {sizes}"
+
+
+def run_split(params: dict, paths) -> SplitResult:
+    """The ``split`` stage: the split table (``paths.split``), the flow report (``paths.flow``) and the
+    cohort metrics (``paths.metrics``)."""
+    import json
+
+    from covidnet import atomic
+    from covidnet.data.flow import flow_metrics, render_flow
+    from covidnet.params import is_synthetic, section
+
+    cohort = pd.read_csv(paths.cohort / "cohort.csv", dtype=str, keep_default_na=False)
+    cohort["scan_order"] = cohort["scan_order"].astype(int)
+    split = split_cohort(cohort, section(params, "split", SplitParams))
+    flow = json.loads((paths.cohort / "flow.json").read_text())
+    flow["split"] = split_counts(split)
+    flow["synthetic"] = is_synthetic(params)
+    atomic.write_csv(paths.split, split)
+    with atomic.atomic_path(paths.flow, directory=True) as tmp:
+        atomic.write_json(tmp / "flow.json", flow)
+        (tmp / "flow.md").write_text(render_flow(flow, synthetic=flow["synthetic"]))
+    atomic.write_json(paths.metrics, flow_metrics(flow))
+    return SplitResult(split, flow)

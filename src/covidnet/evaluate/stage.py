@@ -33,6 +33,7 @@ from covidnet.evaluate.metrics import (CALIBRATORS, CLASSES, FIGURES, Calibrator
                               fit_calibrator, kappa_from_counts, rates, reliability_curve, score_stat,
                               undefined_reason)
 from covidnet.params import ParamsError
+from covidnet.errors import CovidnetError
 
 __all__ = ["Calibrator", "EvaluateParams", "PredictionsError", "evaluate_predictions", "fit_calibrator",
            "log_to_mlflow", "read_predictions", "validate_predictions"]
@@ -46,7 +47,7 @@ OUTPUT_FILES = ("metrics.json", "roc.csv", "reliability.csv", "report.md", "repo
 _MAX_SHOWN = 5
 
 
-class PredictionsError(ValueError):
+class PredictionsError(CovidnetError, ValueError):
     """A predictions table breaks a rule; the message names the file, column and line/row."""
 
 
@@ -471,11 +472,12 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
     import torch
 
     from covidnet.data.cohort import LABEL_TO_INT
-    from covidnet.model.card import MODEL_ARTIFACT, load_model, score, sigmoid
+    from covidnet.model.card import MODEL_ARTIFACT, ModelCard
+    from covidnet.model.inference import score, sigmoid
 
-    model, card = load_model(model_dir)
+    model, card = ModelCard.load(model_dir)
     preprocessed = Path(preprocessed)
-    batch = int(card["config"]["train"].get("micro_batch_size") or card["config"]["train"]["batch_size"])
+    batch = int(card.config["train"].get("micro_batch_size") or card.config["train"]["batch_size"])
 
     def scored(split: str) -> tuple[pd.DataFrame, np.ndarray]:
         rows = index[index["split"] == split].reset_index(drop=True)
@@ -505,7 +507,7 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
                                              title=name, features=feats, calibrator=calibrator)
         atomic.write_csv(folder / "predictions.csv", preds)
     atomic.write_json(out_dir / "metrics.json", {name: flat_metrics(m) for name, m in results.items()})
-    run_id = card.get("mlflow_run_id")
+    run_id = card.mlflow_run_id
     if run_id:
         import mlflow
 
@@ -513,5 +515,47 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
             for name, m in results.items():
                 log_to_mlflow(m, out_dir / name)
             # Beside the model folder train logged, so a registered version carries its calibrator (serving).
-            mlflow.log_dict(calibrator.to_dict() if calibrator else {"kind": "none"}, f"{MODEL_ARTIFACT}/calibrator.json")
+            mlflow.log_dict(calibrator.to_dict() if calibrator else {"kind": "none"}, f"{MODEL_ARTIFACT}/{ModelCard.CALIBRATOR}")
     return results
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    """The metrics of each evaluated set (``{"test": ..., "external": ...}``, or ``{"predictions": ...}``)."""
+
+    sets: dict[str, dict[str, Any]]
+
+    def summary(self) -> str:
+        lines = []
+        for name, m in self.sets.items():
+            auc, ci = m["auc"]["value"], m["auc"].get("ci")
+            auc_text = "n/a" if auc is None else f"{auc:.3f}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+            lines.append(f"{name}: {m['n']} patients, AUC {auc_text}, accuracy {m['accuracy']['value']:.3f}")
+        return "; ".join(lines)
+
+
+def run_evaluate(params: dict[str, Any], paths, predictions: Path | None = None, out: Path | None = None
+                 ) -> EvaluateResult:
+    """The ``evaluate`` stage: the trained model on the test sets, or (``predictions``) any predictions CSV.
+
+    Args:
+        params: merged params (``evaluate``, ``mlflow``, ``data``).
+        paths: a :class:`covidnet.paths.Paths`; the model's figures go to ``out`` or
+            ``paths.evaluation``, the calibrator to ``paths.calibrator``.
+        predictions: a predictions CSV to evaluate instead of the model (written to ``out``,
+            default ``paths.evaluation/predictions``).
+    """
+    from covidnet.params import is_synthetic, section
+
+    eparams = section(params, "evaluate", EvaluateParams)
+    synthetic = is_synthetic(params)
+    if predictions is not None:
+        out = out or paths.evaluation / "predictions"
+        return EvaluateResult({"predictions": evaluate_predictions(read_predictions(predictions), eparams, out,
+                                                                   synthetic=synthetic, title="predictions")})
+    from covidnet.tracking import configure, mlflow_params
+
+    configure(mlflow_params(params))
+    index = pd.read_csv(paths.preprocessed / "index.csv", dtype=str, keep_default_na=False)
+    return EvaluateResult(evaluate_model(index, paths.preprocessed, paths.model, eparams, out or paths.evaluation,
+                                         paths.calibrator, synthetic=synthetic))

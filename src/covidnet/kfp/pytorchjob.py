@@ -246,16 +246,15 @@ def train_with_pytorchjob(params: dict[str, Any], params_text: str, preprocessed
     name are keyed by the inputs (:func:`covidnet.train.launch.checkpoint_key`), so a retried
     task finds the job, or its checkpoints, again.
     """
-    import json
-
     from covidnet.atomic import write_text
     from covidnet.kfp.params import pipeline_params
-    from covidnet.model.card import MODEL_CARD
+    from covidnet.model.card import ModelCard
+    from covidnet.params import profile_name
     from covidnet.tracking import data_version
 
     settings = pipeline_params(params)
     job = settings.pytorchjob
-    profile = params["profile"]
+    profile = profile_name(params)
     key = checkpoint_key(params_text, profile, data_version(preprocessed))
     name = f"covidnet-{key}"
     workdir = Path(job.mount_path) / name
@@ -274,5 +273,5 @@ def train_with_pytorchjob(params: dict[str, Any], params_text: str, preprocessed
         if not src.is_dir():
             raise LaunchError(f"PyTorchJob {namespace}/{name} succeeded but wrote no {src}")
         _copytree_atomic(src, dst)
-    card = json.loads((model / MODEL_CARD).read_text())
-    return JobTrainResult(name=name, namespace=namespace, workdir=workdir, run_id=card.get("mlflow_run_id"))
+    return JobTrainResult(name=name, namespace=namespace, workdir=workdir,
+                          run_id=ModelCard.read(model).mlflow_run_id)

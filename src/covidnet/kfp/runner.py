@@ -1,7 +1,7 @@
 """Kubeflow Pipelines helpers: what the components call, and compile / run locally / submit.
 
 The components (``components/``) are thin: each turns its artifacts into a
-:class:`covidnet.stages.Paths` and calls one ``covidnet.stages.run_*`` function. The little
+:class:`covidnet.paths.Paths` and calls its stage's ``run_*`` function. The little
 they share lives here (the core never imports kfp; this module imports it only inside the
 functions that need it): :func:`stage_params` reads the params file content a component
 received, :func:`stage_failure` removes a failed stage's outputs and names the stage,
@@ -31,6 +31,7 @@ from typing import Any
 
 from covidnet.params import DEFAULT_PARAMS, ParamsError, load_params, section
 from covidnet.kfp.params import PipelineParams, check_checkpoint_dir, parse_nproc, pipeline_params
+from covidnet.errors import CovidnetError
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def stage_params(params_yaml: str, profile: str, overrides: dict[str, dict[str, 
     return params
 
 
-class StageFailed(RuntimeError):
+class StageFailed(CovidnetError, RuntimeError):
     """A pipeline stage failed; the message is ``"<stage> failed: <why>"``."""
 
 

@@ -62,7 +62,6 @@ from covidnet.params import ParamsError
 NORMS = ("instance", "group", "batch")
 STEMS = ("strided", "inplane")
 ORDERS = ("pre", "post")
-BUILDERS = ("paper", "released", "cpu")
 
 
 class _InstanceNorm3d(nn.InstanceNorm3d):
@@ -181,7 +180,7 @@ def _check(name: str, value: Any, ok: bool, what: str) -> None:
         raise ValueError(f"model.{name}: {value!r} {what}")
 
 
-def _validate(cfg: dict[str, Any]) -> None:
+def validate_config(cfg: dict[str, Any]) -> None:
     """Raise ``ValueError`` naming ``model.<field>`` and the value for a bad setting."""
     bc = cfg["block_config"]
     _check("block_config", bc, len(bc) >= 1 and all(isinstance(n, int) and n >= 1 for n in bc),
@@ -294,7 +293,7 @@ class COVIDNet(nn.Module):
             "memory_efficient": bool(memory_efficient), "channels_last": bool(channels_last),
             "input_shape": [int(s) for s in input_shape],
         }
-        _validate(cfg)
+        validate_config(cfg)
         self.config: dict[str, Any] = cfg
         self.input_shape: tuple[int, int, int, int] = tuple(cfg["input_shape"])  # type: ignore[assignment]
         self.channels_last = bool(channels_last)
@@ -360,150 +359,3 @@ class COVIDNet(nn.Module):
             ``(B, 1)`` COVID-19 logits (apply a sigmoid for probabilities).
         """
         return self.classifier(self.forward_features(x))
-
-
-_CONFIGS: dict[str, dict[str, Any]] = {
-    "paper": dict(block_config=(6, 12, 64, 48), growth_rate=32, bn_size=4, compression=0.5, init_features=64,
-                  stem="strided", order="pre", final_transition=False, norm="instance", groups=4,
-                  norm_affine=True, dropout=0.0, input_shape=(1, 64, 384, 384)),
-    "released": dict(block_config=(6, 12, 64, 48), growth_rate=48, bn_size=1, compression=1.0, init_features=64,
-                     stem="inplane", order="post", final_transition=True, norm="group", groups=4,
-                     norm_affine=True, dropout=0.0, input_shape=(1, 64, 224, 224)),
-    "cpu": dict(block_config=(3, 3, 3), growth_rate=12, bn_size=4, compression=0.5, init_features=24,
-                stem="strided", order="pre", final_transition=False, norm="instance", groups=4,
-                norm_affine=True, dropout=0.0, input_shape=(1, 32, 96, 96)),
-}
-
-
-def _build(name: str, overrides: dict[str, Any]) -> COVIDNet:
-    return COVIDNet(**{**_CONFIGS[name], **overrides})
-
-
-def covidnet_paper(**overrides: Any) -> COVIDNet:
-    """The paper's DenseNet-264 (instance norm), native input ``(1, 64, 384, 384)``.
-
-    Args:
-        overrides: any :class:`COVIDNet` argument, replacing the paper's value.
-    """
-    return _build("paper", overrides)
-
-
-def covidnet_released(**overrides: Any) -> COVIDNet:
-    """The authors' released TensorFlow variant (group norm, growth 48, no compression),
-    native input ``(1, 64, 224, 224)``.
-
-    Args:
-        overrides: any :class:`COVIDNet` argument, replacing the released value.
-    """
-    return _build("released", overrides)
-
-
-def covidnet_cpu(**overrides: Any) -> COVIDNet:
-    """A narrow DenseNet (blocks ``(3, 3, 3)``, growth 12) for CPU runs, native input
-    ``(1, 32, 96, 96)``.
-
-    Args:
-        overrides: any :class:`COVIDNet` argument, replacing the CPU value.
-    """
-    return _build("cpu", overrides)
-
-
-_BUILDERS: dict[str, Callable[..., COVIDNet]] = {
-    "paper": covidnet_paper, "released": covidnet_released, "cpu": covidnet_cpu,
-}
-
-
-@dataclass(frozen=True)
-class ModelParams:
-    """The ``model`` section of params.yaml: a builder and optional overrides.
-
-    ``None`` keeps the builder's value; any other value replaces it (see :class:`COVIDNet`
-    for what each setting means).
-    """
-
-    builder: str = "cpu"
-    block_config: tuple[int, ...] | None = None
-    growth_rate: int | None = None
-    bn_size: int | None = None
-    compression: float | None = None
-    init_features: int | None = None
-    stem: str | None = None
-    order: str | None = None
-    final_transition: bool | None = None
-    norm: str | None = None
-    groups: int | None = None
-    norm_affine: bool | None = None
-    dropout: float | None = None
-    memory_efficient: bool | None = None
-    channels_last: bool | None = None
-    input_shape: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        try:
-            _check("builder", self.builder, self.builder in BUILDERS, f"is not one of {', '.join(BUILDERS)}")
-            _validate({**_CONFIGS[self.builder], **self.overrides()})
-        except ValueError as exc:  # ParamsError: section() then names the params file too
-            raise ParamsError(str(exc)) from None
-
-    def overrides(self) -> dict[str, Any]:
-        """The settings given (not ``None``), as :class:`COVIDNet` keyword arguments."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name != "builder" and getattr(self, f.name) is not None}
-
-
-def build_model(params: ModelParams) -> COVIDNet:
-    """Build the network that ``params`` describes (weights from torch's global generator)."""
-    return _BUILDERS[params.builder](**params.overrides())
-
-
-def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Forward FLOPs for one volume (a multiply-add counts 2), on the meta device.
-
-    Args:
-        model: built on the meta device (``with torch.device("meta"): ...``) or any device;
-            only the shapes matter when it is on meta.
-        input_shape: ``(1, D, H, W)``.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    device = next(model.parameters()).device
-    x = torch.empty((1, *input_shape), device=device)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
-    return int(counter.get_total_flops())
-
-
-def model_summary(builders: Sequence[str] = BUILDERS) -> list[dict[str, Any]]:
-    """Parameters and forward FLOPs per volume of each builder at its native input.
-
-    Builds on the meta device: nothing is allocated, so the paper size is cheap.
-
-    Returns:
-        One dict per builder: ``builder``, ``input_shape``, ``parameters``, ``flops``
-        (forward, per volume), ``num_features``.
-    """
-    rows = []
-    for name in builders:
-        if name not in _BUILDERS:
-            raise ValueError(f"model_summary: builder {name!r} is not one of {', '.join(BUILDERS)}")
-        with torch.device("meta"):
-            model = _BUILDERS[name]()
-        rows.append({
-            "builder": name,
-            "input_shape": list(model.input_shape),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "flops": count_flops(model, model.input_shape),
-            "num_features": model.num_features,
-        })
-    return rows
-
-
-def format_summary(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table of :func:`model_summary` rows."""
-    lines = [f"{'builder':<10} {'input':<18} {'parameters':>14} {'GFLOP/volume':>14} {'features':>9}"]
-    for r in rows:
-        shape = "x".join(str(s) for s in r["input_shape"])
-        lines.append(f"{r['builder']:<10} {shape:<18} {r['parameters']:>14,} {r['flops'] / 1e9:>14.1f} "
-                     f"{r['num_features']:>9}")
-    return "\n".join(lines)

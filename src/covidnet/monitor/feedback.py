@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from covidnet.errors import CovidnetError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ _RESULTS = {"positive": True, "pos": True, "detected": True, "1": True, "true": 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class FeedbackError(ValueError):
+class FeedbackError(CovidnetError, ValueError):
     """A feedback file that cannot be read at all (missing, not CSV, a required column missing)."""
 
 

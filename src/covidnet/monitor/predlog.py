@@ -46,6 +46,7 @@ import pandas as pd
 
 from covidnet.params import ParamsError, is_synthetic
 from covidnet.preprocess.stage import QC_VALUES
+from covidnet.errors import CovidnetError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ INSECURE_KEY = b"covidnet synthetic demo key - public, never for patient data"
 MIN_KEY_BYTES = 16
 
 
-class PredLogError(RuntimeError):
+class PredLogError(CovidnetError, RuntimeError):
     """The prediction log cannot be used: unreachable database, missing key; the message says which."""
 
 

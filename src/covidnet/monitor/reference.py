@@ -20,7 +20,6 @@ flags, :func:`load_reference` reads both for drift statistics.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,17 +28,15 @@ import numpy as np
 import pandas as pd
 
 from covidnet.preprocess.stage import QC_VALUES
+from covidnet.errors import CovidnetError
 
 log = logging.getLogger(__name__)
 
-REFERENCE_DIR = "reference"
-QC_FILE = f"{REFERENCE_DIR}/qc.csv"
-SCORES_FILE = f"{REFERENCE_DIR}/val_scores.csv"
 #: Descriptive columns kept beside them (no identifiers).
 _CONTEXT_COLUMNS = ("hospital", "split", "manufacturer", "model", "kernel")
 
 
-class ReferenceError(ValueError):
+class ReferenceProfileError(CovidnetError, ValueError):
     """A model folder's reference profile is missing or unreadable; the message names the file."""
 
 
@@ -73,7 +70,7 @@ def reference_tables(qc: pd.DataFrame | None, train_scan_ids: list[str], val: pd
         ``(qc_table, scores_table)``, each None when its input is None.
 
     Raises:
-        ReferenceError: ``qc`` lacks a QC column, or ``val_scores`` does not match ``val``.
+        ReferenceProfileError: ``qc`` lacks a QC column, or ``val_scores`` does not match ``val``.
     """
     from covidnet.data.cohort import LABEL_TO_INT
 
@@ -81,7 +78,7 @@ def reference_tables(qc: pd.DataFrame | None, train_scan_ids: list[str], val: pd
     if qc is not None:
         missing = [c for c in ("scan_id", *QC_VALUES) if c not in qc.columns]
         if missing:
-            raise ReferenceError(f"qc.csv: missing column(s) {missing}; expected preprocess's QC table")
+            raise ReferenceProfileError(f"qc.csv: missing column(s) {missing}; expected preprocess's QC table")
         rows = qc[qc["scan_id"].astype(str).isin(set(map(str, train_scan_ids)))]
         if "error" in rows:
             rows = rows[rows["error"].fillna("").astype(str) == ""]
@@ -91,44 +88,46 @@ def reference_tables(qc: pd.DataFrame | None, train_scan_ids: list[str], val: pd
         return qc_table, None
     scores = np.asarray(val_scores, np.float64).ravel()
     if len(scores) != len(val):
-        raise ReferenceError(f"validation scores: {len(scores)} values for {len(val)} validation scans")
+        raise ReferenceProfileError(f"validation scores: {len(scores)} values for {len(val)} validation scans")
     table = pd.DataFrame({"label": val["label"].map(LABEL_TO_INT).to_numpy(), "score": scores,
                           "hospital": val["hospital"].to_numpy() if "hospital" in val else ""})
     return qc_table, table
 
 
-def load_reference(model_dir: Path | str, card: dict | None = None) -> Reference:
+def load_reference(model_dir: Path | str, card=None) -> Reference:
     """Read a model folder's reference profile (the files its card names).
 
     Args:
-        model_dir: a trained model folder (``model.json``, ``reference/``).
-        card: the parsed ``model.json`` (read from the folder when None).
+        model_dir: a trained model folder.
+        card: its :class:`covidnet.model.card.ModelCard` (read from the folder when None).
 
     Raises:
-        ReferenceError: the card names no QC reference (a model trained before reference
+        ReferenceProfileError: the card names no QC reference (a model trained before reference
             profiles existed) or a file it names is missing or lacks a QC column.
     """
+    from covidnet.model.card import ModelCard, ModelFolderError
+
     model_dir = Path(model_dir)
     if card is None:
-        card_path = model_dir / "model.json"
-        if not card_path.is_file():
-            raise ReferenceError(f"{card_path}: not found (is {model_dir} a trained model folder?)")
-        card = json.loads(card_path.read_text())
-    name = card.get("qc_reference")
+        try:
+            card = ModelCard.read(model_dir, weights=False)
+        except ModelFolderError as exc:
+            raise ReferenceProfileError(str(exc)) from None
+    name = card.qc_reference
     if not name:
-        raise ReferenceError(f"{model_dir / 'model.json'}: names no qc_reference (retrain the model to write its "
-                             "reference profile)")
+        raise ReferenceProfileError(f"{model_dir / ModelCard.FILE}: names no qc_reference (retrain the model to "
+                                    "write its reference profile)")
     qc_path = model_dir / name
     if not qc_path.is_file():
-        raise ReferenceError(f"{qc_path}: the model card's qc_reference file is missing")
+        raise ReferenceProfileError(f"{qc_path}: the model card's qc_reference file is missing")
     qc = pd.read_csv(qc_path)
     missing = [c for c in QC_VALUES if c not in qc.columns]
     if missing:
-        raise ReferenceError(f"{qc_path}: missing QC column(s) {missing}")
+        raise ReferenceProfileError(f"{qc_path}: missing QC column(s) {missing}")
     scores = None
-    if card.get("score_reference"):
-        score_path = model_dir / card["score_reference"]
+    if card.score_reference:
+        score_path = model_dir / card.score_reference
         if not score_path.is_file():
-            raise ReferenceError(f"{score_path}: the model card's score_reference file is missing")
+            raise ReferenceProfileError(f"{score_path}: the model card's score_reference file is missing")
         scores = pd.read_csv(score_path)["score"].to_numpy(np.float64)
     return Reference(qc=qc, scores=scores, source=str(model_dir))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,8 @@ import pandas as pd
 from covidnet.monitor.drift import DriftParams, table_series, window_verdict
 from covidnet.params import ParamsError, is_synthetic
 from covidnet.monitor.predlog import LogParams
-from covidnet.monitor.reference import Reference, ReferenceError, load_reference
+from covidnet.monitor.reference import Reference, ReferenceProfileError, load_reference
+from covidnet.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def parse_time(text: str, what: str = "time") -> dt.datetime:
     try:
         t = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except (AttributeError, ValueError):
-        raise ValueError(f"{what}: {text!r} is not an ISO 8601 date or time (e.g. 2024-05-01T08:00:00Z)") from None
+        raise InputError(f"{what}: {text!r} is not an ISO 8601 date or time (e.g. 2024-05-01T08:00:00Z)") from None
     return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
 
 
@@ -98,7 +98,7 @@ def time_window(since: str | None, until: str | None, hours: float,
     end = parse_time(until, "--until") if until else (now or dt.datetime.now(dt.timezone.utc))
     start = parse_time(since, "--since") if since else end - dt.timedelta(hours=hours)
     if not start < end:
-        raise ValueError(f"--since {start.isoformat()} must be before --until {end.isoformat()}")
+        raise InputError(f"--since {start.isoformat()} must be before --until {end.isoformat()}")
     return start, end
 
 
@@ -107,26 +107,25 @@ def time_window(since: str | None, until: str | None, hours: float,
 def find_reference(version: str, run_id: str | None, model_dirs: list[Path], tracking=None) -> Reference:
     """The reference profile of the model version that served some rows.
 
-    Looks in each folder of ``model_dirs`` whose model version (:func:`covidnet.serve.bundle.model_version`)
+    Looks in each folder of ``model_dirs`` whose model version (:meth:`covidnet.model.card.ModelCard.version`)
     equals ``version``; else, with ``tracking`` (:class:`covidnet.tracking.MlflowParams`) and the
     logged training ``run_id``, downloads the run's ``covidnet`` artifact folder (the model folder
     ``train`` logged, reference included).
 
     Raises:
-        ReferenceError: found nowhere (the message says where it looked).
+        ReferenceProfileError: found nowhere (the message says where it looked).
     """
-    from covidnet.serve.bundle import model_version
+    from covidnet.model.card import ModelCard
 
     for folder in model_dirs:
-        card_path = Path(folder) / "model.json"
-        if card_path.is_file() and (Path(folder) / "weights.pt").is_file():
-            card = json.loads(card_path.read_text())
-            if model_version(folder, card) == version:
+        if ModelCard.is_folder(folder):
+            card = ModelCard.read(folder)
+            if card.version(folder) == version:
                 return load_reference(folder, card)
     if tracking is not None and run_id:
         return _run_reference(tracking, run_id)
     looked = ", ".join(str(d) for d in model_dirs) or "no model folder"
-    raise ReferenceError(f"no reference profile for model version {version!r}: not in {looked}"
+    raise ReferenceProfileError(f"no reference profile for model version {version!r}: not in {looked}"
                          + ("" if run_id else " and no MLflow run logged with it")
                          + ("" if tracking is not None or not run_id else " (MLflow lookup disabled)")
                          + "; pass --model DIR of that model")
@@ -143,7 +142,7 @@ def _run_reference(tracking, run_id: str) -> Reference:
         try:
             local = download_model_folder(run_id, tracking.tracking_uri, tmp)
         except (MlflowException, OSError) as exc:
-            raise ReferenceError(f"MLflow run {run_id} ({tracking.tracking_uri}): cannot download its "
+            raise ReferenceProfileError(f"MLflow run {run_id} ({tracking.tracking_uri}): cannot download its "
                                  f"{MODEL_ARTIFACT}/ model folder ({exc})") from None
         ref = load_reference(local)
     return Reference(qc=ref.qc, scores=ref.scores, source=f"MLflow run {run_id}, {MODEL_ARTIFACT}/")
@@ -189,7 +188,7 @@ def drift_report(rows: pd.DataFrame, params: DriftParams, since: dt.datetime, un
         entry: dict[str, Any] = {"model_name": name, "model_version": version, "n": int(len(group))}
         try:
             ref = find_reference(str(version), str(run_ids[0]) if len(run_ids) else None, model_dirs, tracking)
-        except ReferenceError as exc:
+        except ReferenceProfileError as exc:
             entry.update(status="error", error=str(exc))
             errors.append(str(exc))
             models.append(entry)

@@ -68,7 +68,7 @@ class ServingMonitor:
         """
         from covidnet.monitor.report import monitor_params
         from covidnet.monitor.prometheus import MonitorMetrics
-        from covidnet.monitor.reference import ReferenceError, load_reference
+        from covidnet.monitor.reference import ReferenceProfileError, load_reference
 
         mp = monitor_params(params)
         try:
@@ -78,7 +78,7 @@ class ServingMonitor:
             raise
         try:
             reference = load_reference(bundle.model_dir)
-        except ReferenceError as exc:
+        except ReferenceProfileError as exc:
             log.warning("no reference profile, so no drift gauges on /metrics: %s", exc)
             reference = None
         name, version = str(bundle.model["name"]), str(bundle.model["version"])

@@ -34,6 +34,7 @@ import pandas as pd
 
 from covidnet.atomic import atomic_path, write_csv
 from covidnet.data.dicom import SeriesReadError, read_stored, to_hu
+from covidnet.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +303,10 @@ class PreprocessSummary:
     tensor_shape: tuple[int, ...]
     out_dir: str
 
+    def summary(self) -> str:
+        return (f"{self.n_scans} tensor(s) of shape {self.tensor_shape} ({self.n_reused} reused, "
+                f"{self.n_failed} failed)")
+
 
 def preprocess_cohort(split: pd.DataFrame, series: pd.DataFrame, files: pd.DataFrame, dicom_root: Path | str,
                       out_dir: Path | str, params: PreprocessParams, progress: bool = True) -> PreprocessSummary:
@@ -331,7 +336,8 @@ def preprocess_cohort(split: pd.DataFrame, series: pd.DataFrame, files: pd.DataF
     for row in split.to_dict("records"):
         uid = row["series_uid"]
         if uid not in by_series:
-            raise ValueError(f"series {uid} of study {row['study_uid']} is in the split but not in the files index")
+            raise InputError(f"series {uid} of study {row['study_uid']} is in the split but not in the files index "
+                             "(re-run validate, then split)")
         rows.append(row)
         jobs.append((row, by_series[uid], shapes[uid], str(dicom_root), str(tensor_dir), params))
 
@@ -392,3 +398,14 @@ def preprocess_cohort(split: pd.DataFrame, series: pd.DataFrame, files: pd.DataF
 def params_dict(params: PreprocessParams) -> dict:
     """The parameters as a plain dict (logged with models, so serving preprocesses alike)."""
     return asdict(params)
+
+
+def run_preprocess(params: dict[str, Any], paths, progress: bool = True) -> PreprocessSummary:
+    """The ``preprocess`` stage: every scan of ``paths.split`` into ``paths.preprocessed``."""
+    from covidnet.data.index import load_index
+    from covidnet.params import section
+
+    split = pd.read_csv(paths.split, dtype=str, keep_default_na=False)
+    series, files = load_index(paths.index)
+    return preprocess_cohort(split, series, files, paths.dicom, paths.preprocessed,
+                             section(params, "preprocess", PreprocessParams), progress=progress)

@@ -1,7 +1,7 @@
 """The ``promote`` stage: register the evaluated model in the MLflow registry and gate it.
 
 Every run of :func:`promote` registers a new version of ``mlflow.registered_model`` from the
-training run's logged model (``runs:/<run_id>/model``, the run named in ``model.json``) and
+training run's logged model (``runs:/<run_id>/model``, the run named in the model card) and
 tags it with its provenance (git commit, DVC hash of the cohort, hash of the merged params,
 synthetic or not) and the test set's figures with their CIs (``test.auc``,
 ``test.auc.ci`` ...). Then the gate decides, from the ``promote`` section of params.yaml:
@@ -53,6 +53,8 @@ import pandas as pd
 
 from covidnet import atomic
 from covidnet.params import ParamsError
+from covidnet.errors import CovidnetError
+from covidnet.model.card import ModelCard, ModelFolderError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ TAGGED_FIGURES = ("accuracy", "auc", "covid.sensitivity", "covid.specificity", "
                   "covid.f1")
 
 
-class PromoteError(ValueError):
+class PromoteError(CovidnetError, ValueError):
     """Promotion cannot proceed: a missing input, a model card without a run, an empty rollback."""
 
 
@@ -135,6 +137,14 @@ class Decision:
         out["failed_rules"] = [r.name for r in self.failed]
         return out
 
+    def summary(self) -> str:
+        if self.promoted:
+            previous = f" (previous champion: version {self.previous_champion})" if self.previous_champion else ""
+            return f"{self.registered_model} version {self.version} is the champion{previous}"
+        failed = "; ".join(f"{x.name}: {x.detail}" for x in self.failed)
+        return (f"{self.registered_model} version {self.version} NOT promoted (alias challenger; champion "
+                f"unchanged): {failed}")
+
 
 @dataclass(frozen=True)
 class Rollback:
@@ -145,6 +155,10 @@ class Rollback:
     demoted: str
     aliases: dict[str, str]
     time: str
+
+    def summary(self) -> str:
+        return (f"rolled back {self.registered_model}: champion is version {self.champion} again (version "
+                f"{self.demoted} is now `rolled_back`)")
 
 
 # --- provenance -------------------------------------------------------------------------------
@@ -179,13 +193,11 @@ def _read_predictions(path: Path, source: str) -> pd.DataFrame:
 
 
 def _read_inputs(model_dir: Path, evaluation_dir: Path, test_set: str) -> tuple[str, dict, Path]:
-    from covidnet.model.card import MODEL_CARD
-
-    card_path = model_dir / MODEL_CARD
-    if not card_path.is_file():
-        raise PromoteError(f"{card_path}: model card not found (run `covidnet train` first)")
-    card = json.loads(card_path.read_text())
-    run_id = card.get("mlflow_run_id")
+    card_path = model_dir / ModelCard.FILE
+    try:
+        run_id = ModelCard.read(model_dir, weights=False).mlflow_run_id
+    except ModelFolderError as exc:
+        raise PromoteError(f"{exc} (run `covidnet train` first)") from None
     if not run_id:
         raise PromoteError(f"{card_path}: no mlflow_run_id; promote registers the model logged by the training "
                            "run, so train with tracking (not --no-track)")
@@ -320,7 +332,7 @@ def _logged_model_id(client, run, model_dir: Path, artifact_name: str = "model")
     for output in sorted(outputs, key=lambda o: o.step, reverse=True):
         if client.get_logged_model(output.model_id).name == artifact_name:
             return output.model_id
-    raise PromoteError(f"{model_dir / 'model.json'}: MLflow run {run.info.run_id} logged no model named "
+    raise PromoteError(f"{model_dir / ModelCard.FILE}: MLflow run {run.info.run_id} logged no model named "
                        f"{artifact_name!r} (did the training run finish?); nothing to register")
 
 
@@ -339,7 +351,7 @@ def promote(model_dir: Path | str, evaluation_dir: Path | str, params: PromotePa
     """Register the evaluated model as a new version, apply the gate and move the aliases.
 
     Args:
-        model_dir: the train stage's model folder (``model.json`` names the MLflow run).
+        model_dir: the train stage's model folder (its card names the MLflow run).
         evaluation_dir: the evaluate stage's folder (``<test_set>/metrics.json`` and
             ``<test_set>/predictions.csv``).
         params: the ``promote`` section.
@@ -374,7 +386,7 @@ def promote(model_dir: Path | str, evaluation_dir: Path | str, params: PromotePa
     try:
         run = client.get_run(run_id)
     except MlflowException as exc:
-        raise PromoteError(f"{model_dir / 'model.json'}: MLflow run {run_id} not found in "
+        raise PromoteError(f"{model_dir / ModelCard.FILE}: MLflow run {run_id} not found in "
                            f"{mlflow.get_tracking_uri()}: {exc.message}") from None
 
     # The predictions this version is judged on, kept with its run for later pairings.
@@ -472,3 +484,23 @@ def rollback(mlflow_params) -> Rollback:
     log.info("promote: rolled %s champion back from version %s to %s", name, current, previous)
     return Rollback(registered_model=name, champion=previous, demoted=str(current),
                     aliases={k: str(v) for k, v in client.get_registered_model(name).aliases.items()}, time=now)
+
+
+def run_promote(params: dict[str, Any], paths) -> Decision:
+    """The ``promote`` stage: register the evaluated model of ``paths.model`` and apply the gate to the
+    figures of ``paths.evaluation``; the decision record goes to ``paths.decision``."""
+    from covidnet.params import is_synthetic, profile_name, section
+    from covidnet.tracking import git_commit, mlflow_params
+
+    provenance = {"git_commit": git_commit(), "data_version": cohort_version(paths.cohort),
+                  "params_hash": params_hash(params), "synthetic": str(is_synthetic(params)).lower(),
+                  "profile": profile_name(params)}
+    return promote(paths.model, paths.evaluation, section(params, "promote", PromoteParams), mlflow_params(params),
+                   provenance=provenance, decision_path=paths.decision)
+
+
+def run_rollback(params: dict[str, Any]) -> Rollback:
+    """``covidnet promote --rollback``: move ``champion`` back to the version aliased ``previous_champion``."""
+    from covidnet.tracking import mlflow_params
+
+    return rollback(mlflow_params(params))

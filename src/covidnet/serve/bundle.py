@@ -21,7 +21,6 @@ answers it with HTTP 400.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, replace
@@ -34,11 +33,12 @@ from covidnet.data.dicom import SeriesParams
 from covidnet.evaluate.metrics import Calibrator
 from covidnet.params import ParamsError
 from covidnet.preprocess.stage import PIXEL_QC, PreprocessParams
+from covidnet.errors import CovidnetError
 
 log = logging.getLogger(__name__)
 
 
-class ServeInputError(ValueError):
+class ServeInputError(CovidnetError, ValueError):
     """A request the model cannot answer; the message names the offending part."""
 
 
@@ -121,18 +121,17 @@ def qc_reference(table, percentiles: tuple[float, float] = (1.0, 99.0), margin: 
             "ranges": ranges}
 
 
-def load_qc_reference(model_dir: Path | str, params: dict[str, Any], card: dict, sp: ServeParams,
-                      local_fallback: bool = True) -> dict | None:
+def load_qc_reference(model_dir: Path | str, card, sp: ServeParams, fallback: Path | None = None) -> dict | None:
     """The QC reference for a model folder: the card's ``qc_reference`` (a path relative to the
-    folder), else ``model_dir/qc.csv``, else (with ``local_fallback``) ``paths.preprocessed/qc.csv``;
+    folder), else ``model_dir/qc.csv``, else ``fallback`` (this machine's ``preprocessed/qc.csv``);
     None when none exists. A registered model takes no fallback: this machine's data may not be
     what it was trained on."""
     import pandas as pd
 
     model_dir = Path(model_dir)
-    candidates = ([model_dir / card["qc_reference"]] if card.get("qc_reference") else []) + [model_dir / "qc.csv"]
-    if local_fallback:
-        candidates.append(Path(params.get("paths", {}).get("preprocessed", "data/preprocessed")) / "qc.csv")
+    candidates = ([model_dir / card.qc_reference] if card.qc_reference else []) + [model_dir / "qc.csv"]
+    if fallback is not None:
+        candidates.append(Path(fallback))
     for f in candidates:
         if f.is_file():
             return qc_reference(pd.read_csv(f), sp.qc_percentiles, sp.qc_margin, source=str(f))
@@ -204,28 +203,31 @@ def load_bundle(source, params: dict[str, Any], name: str | None = None) -> Bund
         params: merged params (``serve``, ``series``, ``evaluate``, ``paths``).
         name: the model's name when neither the registry nor the card gives one.
 
-    The calibrator is the folder's ``calibrator.json`` (``evaluate`` logs it with the run); for
+    The calibrator is the folder's (``evaluate`` logs it with the run); for
     a plain folder without one, ``paths.calibrator``; else none. The threshold is
     ``serve.threshold`` when set, else the registered version's promoted threshold, else
     ``evaluate.threshold``. The QC reference comes from :func:`load_qc_reference`. Series
     selection follows the ``series`` params (one process).
 
     Raises:
-        FileNotFoundError: the folder lacks ``weights.pt`` or ``model.json`` (named).
+        ModelFolderError: the folder lacks its weights or card (named).
         ParamsError: a bad ``serve`` or ``series`` value (the key is named).
     """
+    from covidnet.evaluate.stage import EvaluateParams
+    from covidnet.model.card import ModelCard
     from covidnet.params import section
-    from covidnet.model.card import load_model
+    from covidnet.paths import Paths
     from covidnet.serve.source import ModelSource
 
     src = source if isinstance(source, ModelSource) else ModelSource(model_dir=Path(source), uri=str(source))
     model_dir = src.model_dir
     sp = section(params, "serve", ServeParams)
     device = resolve_device(sp.device)
-    net, card = load_model(model_dir, device=device)
-    pre = PreprocessParams(**{**card["config"]["preprocess"], "workers": 1})
-    shape = tuple(card["config"]["model"].get("input_shape") or (1, pre.depth, pre.crop, pre.crop))
-    candidates = [model_dir / "calibrator.json"] + ([] if src.registered else [Path(params["paths"]["calibrator"])])
+    net, card = ModelCard.load(model_dir, device=device)
+    pre = PreprocessParams(**{**card.config["preprocess"], "workers": 1})
+    shape = card.input_shape
+    paths = Paths.from_params(params)
+    candidates = [model_dir / ModelCard.CALIBRATOR] + ([] if src.registered else [paths.calibrator])
     cal = next((f for f in candidates if f.is_file()), None)
     calibrator = Calibrator.from_dict(json.loads(cal.read_text()) if cal else {"kind": "none"})
     if sp.threshold is not None:
@@ -233,17 +235,18 @@ def load_bundle(source, params: dict[str, Any], name: str | None = None) -> Bund
     elif src.threshold is not None:
         threshold, threshold_from = src.threshold, f"version {src.version} tag covidnet.threshold"
     else:
-        threshold, threshold_from = float(params["evaluate"]["threshold"]), "evaluate.threshold"
-    model = {"name": src.name or card.get("name", name or sp.model_name),
-             "version": src.version or model_version(model_dir, card), "weights": weights_digest(model_dir),
+        threshold, threshold_from = section(params, "evaluate", EvaluateParams).threshold, "evaluate.threshold"
+    model = {"name": src.name or card.provenance.get("name", name or sp.model_name),
+             "version": src.version or card.version(model_dir), "weights": ModelCard.digest(model_dir),
              "uri": src.uri, "alias": src.alias,
-             "mlflow_run_id": src.run_id or card.get("mlflow_run_id"), "synthetic": card.get("synthetic"),
+             "mlflow_run_id": src.run_id or card.mlflow_run_id, "synthetic": card.provenance.get("synthetic"),
              "calibrator": calibrator.kind, "threshold_from": threshold_from}
     log.info("loaded %s version %s from %s (calibrator %s, threshold %g from %s)", model["name"], model["version"],
              model_dir, calibrator.kind, threshold, threshold_from)
     return Bundle(net, pre, replace(section(params, "series", SeriesParams), workers=1), shape, calibrator,
                   threshold, model, sp, model_dir,
-                  load_qc_reference(model_dir, params, card, sp, local_fallback=not src.registered), device)
+                  load_qc_reference(model_dir, card, sp, None if src.registered else paths.preprocessed / "qc.csv"),
+                  device)
 
 
 def resolve_device(device: str) -> str:
@@ -253,30 +256,18 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"serve.device {device!r}: torch sees no CUDA device")
+        raise ParamsError(f"serve.device: {device!r}, but torch sees no CUDA device")
     return device
 
 
 def results(logits: np.ndarray, bundle: Bundle, infos: list[dict]) -> list[dict]:
     """Per-study answers for a batch of logits ``(B,)`` (see :func:`answer`)."""
-    from covidnet.model.card import sigmoid
+    from covidnet.model.inference import sigmoid
 
     s = sigmoid(logits)
     p = bundle.calibrator.apply(s)
     return [answer(a, b, bundle.threshold, bundle.model, {**info, "qc_check": qc_check(info.get("qc"), bundle.qc_reference)})
             for a, b, info in zip(s, p, infos)]
-
-
-def model_version(model_dir: Path | str, card: dict) -> str:
-    """The card's ``version`` if a registry set one, else :func:`weights_digest`."""
-    if card.get("version"):
-        return str(card["version"])
-    return weights_digest(model_dir)
-
-
-def weights_digest(model_dir: Path | str) -> str:
-    """``sha256:`` of the folder's ``weights.pt`` (12 hex): the same for a folder and its registered version."""
-    return "sha256:" + hashlib.sha256((Path(model_dir) / "weights.pt").read_bytes()).hexdigest()[:12]
 
 
 def answer(score: float, probability: float, threshold: float, model: dict, info: dict | None) -> dict:

@@ -25,11 +25,12 @@ import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
+from covidnet.errors import CovidnetError, InputError, MissingInputError
 
 ENCODINGS = ("binary", "base64")
 
 
-class PredictError(RuntimeError):
+class PredictError(CovidnetError, RuntimeError):
     """The server refused a request (its status and message are kept) or could not be reached."""
 
 
@@ -37,7 +38,7 @@ def zip_folder(folder: Path | str) -> bytes:
     """Every file under ``folder`` (any depth) in one zip (deflated), paths relative to it."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: DICOM folder not found")
+        raise MissingInputError(f"{folder}: DICOM folder not found")
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -64,7 +65,7 @@ def endpoints(base_url: str, model: str) -> dict[str, str]:
     """
     parts = urllib.parse.urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/") or parts.query:
-        raise ValueError(f"--url {base_url!r}: give the server's base URL, http(s)://HOST[:PORT], without a path")
+        raise InputError(f"--url {base_url!r}: give the server's base URL, http(s)://HOST[:PORT], without a path")
     base = f"{parts.scheme}://{parts.netloc}"
     return {"v1": f"{base}/v1/models/{model}:predict", "v2": f"{base}/v2/models/{model}/infer"}
 
@@ -95,7 +96,7 @@ def answers(response: dict) -> list[dict]:
     return [json.loads(r) for r in outputs["result"]["data"]]
 
 
-def predict(target: str | Path, base_url: str, model: str, encoding: str = "binary",
+def send_study(target: str | Path, base_url: str, model: str, encoding: str = "binary",
             timeout: float = 600.0) -> list[dict]:
     """Send one study (a DICOM folder, or an ``s3://`` reference) and return its answers.
 

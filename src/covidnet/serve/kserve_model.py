@@ -19,7 +19,7 @@ from kserve.errors import InvalidInput
 from covidnet.serve import bundle as core
 from covidnet.monitor.serving import FEEDBACK_ROUTE, ServingMonitor, feedback_endpoint, request_hospital
 from covidnet.params import load_params, section
-from covidnet.model.card import score
+from covidnet.model.inference import score
 from covidnet.serve.http import BodyLimit
 from covidnet.serve.request import request_studies
 from covidnet.serve.source import fetch_model

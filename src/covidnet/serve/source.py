@@ -13,7 +13,7 @@ a local folder
 
 For a registered version, :func:`fetch_model` resolves the alias to its version and training
 run and downloads the run's whole ``covidnet/`` artifact folder (the model folder that
-``train`` logged: ``weights.pt``, ``model.json``, the reference profile, and the
+``train`` logged: the weights, the model card, the reference profile, and the
 ``calibrator.json`` that ``evaluate`` fitted for that model) into a temporary folder that lives
 as long as the returned :class:`ModelSource`. The operating threshold comes from the version's
 ``covidnet.threshold`` tag, set by ``promote``.
@@ -27,13 +27,14 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from covidnet.errors import CovidnetError, MissingInputError
 
 log = logging.getLogger(__name__)
 
 _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(CovidnetError, ValueError):
     """The model URI cannot be served: malformed, unknown model, alias or version, no model folder."""
 
 
@@ -42,7 +43,7 @@ class ModelSource:
     """A model folder on this machine and what the registry says about it.
 
     Attributes:
-        model_dir: the local folder (``weights.pt``, ``model.json``, ...).
+        model_dir: the local folder (:class:`covidnet.model.card.ModelCard`'s format).
         uri: what was asked for (``models:/covidnet@champion`` or the folder).
         name: the registered model name (None for a plain folder).
         version: the registry version (None for a plain folder).
@@ -93,20 +94,20 @@ def fetch_model(uri: str, tracking_uri: str) -> ModelSource:
     Raises:
         ModelSourceError: no SQLite store at ``tracking_uri``, an unknown registered model (the
             registered ones are listed), an alias it does not have (its aliases are listed), an
-            unknown version, a version whose run has no ``covidnet/`` folder with ``weights.pt``
-            and ``model.json``.
+            unknown version, a version whose run has no ``covidnet/`` folder with weights
+            and a model card.
         FileNotFoundError: a folder that does not exist.
     """
     parsed = parse_model_uri(uri)
     if parsed is None:
         folder = Path(uri[len("file://"):] if uri.startswith("file://") else uri)
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: model folder not found")
+            raise MissingInputError(f"{folder}: model folder not found")
         return ModelSource(model_dir=folder, uri=uri)
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from covidnet.model.card import MODEL_ARTIFACT, download_model_folder
+    from covidnet.model.card import MODEL_ARTIFACT, ModelCard, download_model_folder
     from covidnet.promote.stage import THRESHOLD_TAG
 
     name, alias, number = parsed
@@ -142,7 +143,7 @@ def fetch_model(uri: str, tracking_uri: str) -> ModelSource:
         tmp.cleanup()
         raise ModelSourceError(f"{uri}: version {version.version}: run {version.run_id} has no '{MODEL_ARTIFACT}/' "
                                f"artifact folder (logged by `covidnet train`): {exc}") from None
-    missing = [f for f in ("weights.pt", "model.json") if not (local / f).is_file()]
+    missing = [f for f in (ModelCard.WEIGHTS, ModelCard.FILE) if not (local / f).is_file()]
     if missing:
         tmp.cleanup()
         raise ModelSourceError(f"{uri}: version {version.version}: run {version.run_id}'s '{MODEL_ARTIFACT}/' folder "

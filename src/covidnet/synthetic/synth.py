@@ -196,6 +196,12 @@ class SynthSummary:
     bytes: int
     planted: dict[str, int] = field(default_factory=dict)
 
+    def summary(self) -> str:
+        patients = ", ".join(f"{n} {label}" for label, n in self.patients.items())
+        planted = ", ".join(f"{n} {case}" for case, n in self.planted.items()) or "none"
+        return (f"patients {patients}; {self.scans} scans, {self.series} series, {self.files} files "
+                f"({self.bytes / 2**20:.1f} MiB); planted cases: {planted}")
+
 
 # ----------------------------------------------------------------------------- the cohort plan
 
@@ -568,3 +574,10 @@ def synthesize(params: SynthParams, dicom_dir: Path, manifest_dir: Path, *, work
     )
     log.info("synthesized %s", summary)
     return summary
+
+
+def run_synth(params: dict, paths) -> SynthSummary:
+    """The ``synth`` stage: write the synthetic cohort into ``paths.dicom`` and ``paths.manifest``."""
+    from covidnet.params import section
+
+    return synthesize(section(params, "synth", SynthParams), paths.dicom, paths.manifest)

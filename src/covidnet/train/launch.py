@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import logging
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from typing import Any
 
 from covidnet.params import ParamsError
 from covidnet.kfp.params import parse_nproc
+from covidnet.errors import CovidnetError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run")
 
 
-class LaunchError(RuntimeError):
+class LaunchError(CovidnetError, RuntimeError):
     """A training launcher (torchrun, a PyTorchJob) failed; the message says how and why."""
 
 
@@ -140,7 +140,7 @@ def train_in_pod(params: dict[str, Any], params_text: str, paths: Any, nproc_per
     Args:
         params: merged params (``params_text`` with ``params['profile']`` applied).
         params_text: the params file's content (written to a file for torchrun's processes).
-        paths: a :class:`covidnet.stages.Paths`; ``checkpoints`` is replaced as below.
+        paths: a :class:`covidnet.paths.Paths`; ``checkpoints`` is replaced as below.
         nproc_per_node: ``"auto"`` or a count (:func:`resolve_nproc`).
         checkpoint_dir: where checkpoints persist across tries of the task, under a
             :func:`checkpoint_key` of the inputs, resumed when present with the same settings:
@@ -158,8 +158,8 @@ def train_in_pod(params: dict[str, Any], params_text: str, paths: Any, nproc_per
 
     from covidnet.params import section
     from covidnet.kfp.params import check_checkpoint_dir, pipeline_params
-    from covidnet.model.card import MODEL_CARD
-    from covidnet.stages import run_train
+    from covidnet.model.card import ModelCard
+    from covidnet.train.stage import run_train
     from covidnet.tracking import data_version
     from covidnet.train.loop import TrainParams
 
@@ -196,5 +196,4 @@ def train_in_pod(params: dict[str, Any], params_text: str, paths: Any, nproc_per
             args = train_command(params_file, profile, paths.preprocessed, paths.model, folder, paths.train_report,
                                  resume)
             run_streaming(torchrun_command(1, nproc, args, launcher=TORCHRUN), f"torchrun ({nproc} processes)")
-    card = json.loads((paths.model / MODEL_CARD).read_text())
-    return PodTrainResult(processes=nproc, run_id=card.get("mlflow_run_id"), checkpoints=location)
+    return PodTrainResult(processes=nproc, run_id=ModelCard.read(paths.model).mlflow_run_id, checkpoints=location)

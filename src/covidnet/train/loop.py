@@ -46,7 +46,9 @@ import pandas as pd
 
 from covidnet.atomic import atomic_path, write_csv, write_json
 from covidnet.data.cohort import LABEL_TO_INT
-from covidnet.model.card import MODEL_ARTIFACT, MODEL_CARD, WEIGHTS, sigmoid
+from covidnet.model.card import MODEL_ARTIFACT, ModelCard
+from covidnet.model.inference import sigmoid
+from covidnet.errors import CovidnetError
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +108,18 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     run_id: str | None = None
 
+    def summary(self) -> str:
+        auc = "n/a" if self.best["val_auc"] is None else f"{self.best['val_auc']:.3f}"
+        resumed = f" (resumed after epoch {self.resumed_from})" if self.resumed_from else ""
+        return (f"best epoch {self.best_epoch} of {self.epochs_run} (validation AUC {auc}, loss "
+                f"{self.best['val_loss']:.4f}){resumed}; MLflow run {self.run_id}")
 
-class TrainDataError(ValueError):
+
+class TrainDataError(CovidnetError, ValueError):
     """The training data cannot be used; the message names the scan or the split."""
 
 
-class ResumeError(RuntimeError):
+class ResumeError(CovidnetError, RuntimeError):
     """A checkpoint of another configuration; the message lists the settings that differ."""
 
 
@@ -234,9 +242,9 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, scores))
 
 
-def predict(model, data: TensorSet, batch: int, device, autocast) -> tuple[np.ndarray, np.ndarray]:
+def score_set(model, data: TensorSet, batch: int, device, autocast) -> tuple[np.ndarray, np.ndarray]:
     """Scores of every sample of ``data`` in order: ``(logits (N,), labels (N,))``."""
-    from covidnet.model.card import score
+    from covidnet.model.inference import score
 
     model.eval()
     batches = (_collate([data[i] for i in range(s, min(s + batch, len(data)))])[0] for s in range(0, len(data), batch))
@@ -270,7 +278,7 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
     import torch
     import torch.nn.functional as F
 
-    from covidnet.model.network import build_model
+    from covidnet.model.builders import build_model
 
     if resume not in ("auto", "always", "never"):
         raise ValueError(f"resume must be auto, always or never, got {resume!r}")
@@ -389,7 +397,7 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
         bar.close()
         train_loss = _all_reduce_mean(loss_sum, seen, dist)
 
-        logits, labels = predict(model, val_set, micro, device, autocast)
+        logits, labels = score_set(model, val_set, micro, device, autocast)
         val_loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(labels)))
         val_auc = _auc(labels, sigmoid(logits))
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc}
@@ -463,13 +471,12 @@ def _write_outputs(paths: TrainPaths, config: dict, result: TrainResult, provena
     """The model folder (best weights, model card, reference profile), the metrics and the curve."""
     best = load_checkpoint(paths.checkpoints / BEST)
     with atomic_path(paths.model, directory=True) as tmp:
-        import torch
-
-        torch.save(best["model"], tmp / WEIGHTS)
-        card = {"config": config, "best_epoch": result.best_epoch, **result.best,
-                "epochs_run": result.epochs_run, "mlflow_run_id": result.run_id, **provenance,
-                **_write_reference(tmp, paths.preprocessed / "qc.csv", train_rows, val_rows, best.get("val_logits"))}
-        (tmp / MODEL_CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
+        ModelCard.write_weights(tmp, best["model"])
+        references = _write_reference(tmp, paths.preprocessed / "qc.csv", train_rows, val_rows,
+                                      best.get("val_logits"))
+        ModelCard(config=config, best_epoch=result.best_epoch, val_auc=result.best["val_auc"],
+                  val_loss=result.best["val_loss"], epochs_run=result.epochs_run, mlflow_run_id=result.run_id,
+                  provenance=dict(provenance), **references).write(tmp)
     paths.report.mkdir(parents=True, exist_ok=True)
     write_json(paths.report / "metrics.json", {
         "best_epoch": result.best_epoch, "val_auc": result.best["val_auc"], "val_loss": result.best["val_loss"],
@@ -482,7 +489,7 @@ def _write_outputs(paths: TrainPaths, config: dict, result: TrainResult, provena
 def _write_reference(model_dir: Path, qc_csv: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
                      val_logits) -> dict[str, Any]:
     """The reference profile (:mod:`covidnet.monitor.reference`) into ``model_dir``; the card keys naming it."""
-    from covidnet.monitor.reference import QC_FILE, SCORES_FILE, reference_tables
+    from covidnet.monitor.reference import reference_tables
 
     qc = pd.read_csv(qc_csv, dtype={"scan_id": str}) if qc_csv.is_file() else None
     if qc is None:
@@ -493,13 +500,12 @@ def _write_reference(model_dir: Path, qc_csv: Path, train_rows: pd.DataFrame, va
     scores = None if val_logits is None else sigmoid(val_logits.numpy())
     qc_table, score_table = reference_tables(qc, train_rows["scan_id"].tolist(), val_rows, scores)
     card: dict[str, Any] = {"qc_reference": None, "score_reference": None}
-    (model_dir / QC_FILE).parent.mkdir(parents=True, exist_ok=True)
-    if qc_table is not None:
-        qc_table.to_csv(model_dir / QC_FILE, index=False)
-        card["qc_reference"] = QC_FILE
-    if score_table is not None:
-        score_table.to_csv(model_dir / SCORES_FILE, index=False)
-        card["score_reference"] = SCORES_FILE
+    for key, table, name in (("qc_reference", qc_table, ModelCard.QC_REFERENCE),
+                             ("score_reference", score_table, ModelCard.SCORE_REFERENCE)):
+        (model_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        if table is not None:
+            table.to_csv(model_dir / name, index=False)
+            card[key] = name
     return card
 
 

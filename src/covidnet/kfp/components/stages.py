@@ -1,10 +1,10 @@
-"""One KFP v2 lightweight component per stage, each a thin typed wrapper over ``covidnet.stages``.
+"""One KFP v2 lightweight component per stage, each a thin typed wrapper over the stage's ``run_*`` function.
 
 Every component runs in the project image (:data:`IMAGE`, built from ``Dockerfile``; the
 train task in :data:`CUDA_IMAGE`, from ``Dockerfile.cuda``), which holds ``covidnet`` and
 kfp, so nothing is pip-installed at run time. A component receives the params file as text
 (``params_yaml``) and a ``profile``, maps its input and output artifacts onto
-:class:`covidnet.stages.Paths` fields and calls the matching ``run_*`` function. Imports are
+:class:`covidnet.paths.Paths` fields and calls the matching ``run_*`` function. Imports are
 inside the bodies (KFP ships only each function's source).
 
 A failing stage raises ``StageFailed`` ("<stage> failed: <why>") and removes whatever it had
@@ -45,7 +45,8 @@ def fetch_cohort(repo_url: str, revision: str, dicom: Output[Dataset], manifest:
 def synth(params_yaml: str, profile: str, dicom: Output[Dataset], manifest: Output[Dataset]):
     """Write the SYNTHETIC cohort (DICOM tree + manifest); stands in for fetch_cohort in demos."""
     from covidnet.kfp.runner import stage_failure, stage_params
-    from covidnet.stages import Paths, run_synth
+    from covidnet.paths import Paths
+    from covidnet.synthetic.synth import run_synth
 
     with stage_failure("synth", dicom.path, manifest.path):
         params = stage_params(params_yaml, profile)
@@ -57,15 +58,16 @@ def validate(params_yaml: str, profile: str, dicom: Input[Dataset], manifest: In
              index: Output[Dataset], validation: Output[Dataset]):
     """Index the DICOM tree and validate it (Great Expectations); fails listing every broken expectation."""
     from covidnet.kfp.runner import stage_failure, stage_params
-    from covidnet.stages import Paths, run_validate
+    from covidnet.paths import Paths
+    from covidnet.validate.stage import run_validate
 
     with stage_failure("validate", index.path, validation.path):
         params = stage_params(params_yaml, profile)
-        _index, report = run_validate(params, Paths.from_params(params, dicom=dicom.path, manifest=manifest.path,
-                                                                index=index.path, validation=validation.path),
-                                      progress=False)
-        if not report.success:
-            raise ValueError(f"the cohort broke expectations:\n{report.format()}")
+        result = run_validate(params, Paths.from_params(params, dicom=dicom.path, manifest=manifest.path,
+                                                        index=index.path, validation=validation.path),
+                              progress=False)
+        if not result.ok:
+            raise ValueError(f"the cohort broke expectations:\n{result.report.format()}")
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -73,7 +75,8 @@ def exclude(params_yaml: str, profile: str, manifest: Input[Dataset], index: Inp
             cohort: Output[Dataset]):
     """Apply the exclusion criteria (cohort.csv, exclusions.csv, flow.json)."""
     from covidnet.kfp.runner import stage_failure, stage_params
-    from covidnet.stages import Paths, run_exclude
+    from covidnet.paths import Paths
+    from covidnet.data.exclude import run_exclude
 
     with stage_failure("exclude", cohort.path):
         params = stage_params(params_yaml, profile)
@@ -89,7 +92,8 @@ def split(params_yaml: str, profile: str, cohort: Input[Dataset], split_table: O
     from pathlib import Path
 
     from covidnet.kfp.runner import log_metrics, stage_failure, stage_params
-    from covidnet.stages import Paths, run_split
+    from covidnet.paths import Paths
+    from covidnet.data.split import run_split
 
     with stage_failure("split", split_table.path, flow.path, cohort_metrics.path):
         params = stage_params(params_yaml, profile)
@@ -106,7 +110,8 @@ def preprocess(params_yaml: str, profile: str, dicom: Input[Dataset], index: Inp
                split_table: Input[Dataset], preprocessed: Output[Dataset]):
     """Preprocess every scan of the split to tensors (tensors/, index.csv, qc.csv)."""
     from covidnet.kfp.runner import stage_failure, stage_params
-    from covidnet.stages import Paths, run_preprocess
+    from covidnet.paths import Paths
+    from covidnet.preprocess.stage import run_preprocess
 
     with stage_failure("preprocess", preprocessed.path):
         params = stage_params(params_yaml, profile)
@@ -131,7 +136,7 @@ def train(params_yaml: str, profile: str, preprocessed: Input[Dataset], model: O
 
     from covidnet.train.launch import train_in_pod
     from covidnet.kfp.runner import log_metrics, stage_failure, stage_params
-    from covidnet.stages import Paths
+    from covidnet.paths import Paths
 
     with stage_failure("train", model.path, train_report.path, train_metrics.path):
         params = stage_params(params_yaml, profile)
@@ -152,7 +157,8 @@ def evaluate(params_yaml: str, profile: str, model: Input[Model], preprocessed: 
     from pathlib import Path
 
     from covidnet.kfp.runner import log_classification, log_metrics, stage_failure, stage_params
-    from covidnet.stages import Paths, run_evaluate
+    from covidnet.paths import Paths
+    from covidnet.evaluate.stage import run_evaluate
 
     with stage_failure("evaluate", evaluation.path, calibrator.path, metrics.path, roc.path, report.path):
         params = stage_params(params_yaml, profile)
@@ -174,7 +180,8 @@ def promote(params_yaml: str, profile: str, model: Input[Model], evaluation: Inp
     ``challenger``); a registry that cannot be reached is (the task is retried).
     """
     from covidnet.kfp.runner import stage_failure, stage_params
-    from covidnet.stages import Paths, run_promote
+    from covidnet.paths import Paths
+    from covidnet.promote.stage import run_promote
 
     with stage_failure("promote", decision.path, gate.path):
         thresholds = {"min_auc_lower": min_auc_lower, "min_sensitivity_lower": min_sensitivity_lower}

@@ -5,8 +5,8 @@ import pytest
 from covidnet.params import ParamsError, load_params, section
 from covidnet.preprocess.stage import PreprocessParams
 from covidnet.data.split import SplitParams
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_default_and_profiles_merge():

@@ -2,8 +2,8 @@ from pathlib import Path
 
 from covidnet.params import load_params
 from covidnet.tracking import configure, flatten, mlflow_params
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_environment_overrides_the_store(monkeypatch):

@@ -21,33 +21,19 @@ from covidnet.preprocess.stage import QC_VALUES
 from covidnet.monitor.reference import ReferenceProfileError, load_reference, reference_tables
 from covidnet.serve.bundle import ServeParams, load_qc_reference, qc_reference
 from covidnet.train.loop import train_model
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import PRE, TINY, _cohort, _params, _paths  # noqa: E402
+from support.train import PRE, TINY, qc_csv, tiny_cohort, train_params, train_paths
+from support import REPO
 
 
-def _qc_csv(index: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """preprocess's qc.csv for ``index``: QC values that encode the row number, one failed train scan."""
-    rows = []
-    for i, r in enumerate(index.itertuples()):
-        rows.append({"scan_id": r.scan_id, "study_uid": r.study_uid, "series_uid": r.series_uid,
-                     "hospital": r.hospital, "split": r.split, "error": "", "hu_p05": -900.0 + i,
-                     "hu_p25": -800.0, "hu_p50": -500.0, "hu_p75": 0.0, "hu_p95": 40.0, "lung_fraction": 0.3,
-                     "noise_hu": 10.0 + i, "n_slices": 40, "slice_spacing_mm": 2.5, "manufacturer": "X",
-                     "model": "Y", "kernel": "B", "pixel_spacing_mm": 0.7, "slice_thickness_mm": 2.5})
-    rows.append({"scan_id": "broken", "study_uid": "9", "series_uid": "9", "hospital": "h", "split": "train",
-                 "error": "cannot decode"})
-    qc = pd.DataFrame(rows)
-    qc.to_csv(path, index=False)
-    return qc
+
+
 
 
 def test_train_writes_the_reference_profile(tmp_path):
-    index = _cohort(tmp_path / "pre")
-    _qc_csv(index, tmp_path / "pre" / "qc.csv")
-    paths = _paths(tmp_path)
-    r = train_model(index, paths, TINY, _params(epochs=3), PRE, progress=False)
+    index = tiny_cohort(tmp_path / "pre")
+    qc_csv(index, tmp_path / "pre" / "qc.csv")
+    paths = train_paths(tmp_path)
+    r = train_model(index, paths, TINY, train_params(epochs=3), PRE, progress=False)
     card = json.loads((paths.model / "model.json").read_text())
     assert card["qc_reference"] == "reference/qc.csv" and card["score_reference"] == "reference/val_scores.csv"
 
@@ -79,9 +65,9 @@ def test_train_writes_the_reference_profile(tmp_path):
 
 
 def test_without_qc_csv_the_card_says_so(tmp_path, caplog):
-    index = _cohort(tmp_path / "pre")
-    paths = _paths(tmp_path)
-    train_model(index, paths, TINY, _params(epochs=1), PRE, progress=False)
+    index = tiny_cohort(tmp_path / "pre")
+    paths = train_paths(tmp_path)
+    train_model(index, paths, TINY, train_params(epochs=1), PRE, progress=False)
     card = json.loads((paths.model / "model.json").read_text())
     assert card["qc_reference"] is None and card["score_reference"] == "reference/val_scores.csv"
     assert "qc.csv not found" in caplog.text

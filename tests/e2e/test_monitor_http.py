@@ -23,13 +23,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from covidnet.monitor.serving import ServingMonitor, request_hospital
 from covidnet.monitor.predlog import PredictionLog, hash_id
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_reference import _qc_csv  # noqa: E402
-from test_serving import NAME, _post, _study, start_server, stop_server  # noqa: E402
-from test_train import PRE, TINY, _cohort, _params, _paths  # noqa: E402
+
+
+
 
 from covidnet.serve.client import v2_zip_request, zip_folder  # noqa: E402
+from support.server import NAME, post_json, start_server, stop_server, write_study
+from support.train import PRE, TINY, qc_csv, tiny_cohort, train_params, train_paths
+from support import REPO
 
 KEY = "monitor-test-key-0123456789abcdef"
 
@@ -53,9 +54,9 @@ def project(tmp_path_factory):
     from covidnet.train.loop import train_model
 
     tmp = tmp_path_factory.mktemp("monitor-serve")
-    index = _cohort(tmp / "pre", n_train=4, n_val=2)
-    _qc_csv(index, tmp / "pre" / "qc.csv")
-    train_model(index, _paths(tmp), TINY, _params(epochs=1, batch_size=2),
+    index = tiny_cohort(tmp / "pre", n_train=4, n_val=2)
+    qc_csv(index, tmp / "pre" / "qc.csv")
+    train_model(index, train_paths(tmp), TINY, train_params(epochs=1, batch_size=2),
                 {**PRE, "dtype": "float16", "body_hu": -500.0, "lung_hu": [-950.0, -400.0], "workers": 1},
                 progress=False)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -64,7 +65,7 @@ def project(tmp_path_factory):
     params["paths"]["calibrator"] = str(tmp / "calibrator.json")
     params["monitor"]["log"]["allow_insecure_key"] = False  # the key comes from the environment
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
-    folders = [_study(tmp / "dicom", uid=f"c{i}", seed=i, noise=14.0, tissue=40.0, patient_id=f"PAT-{i}",
+    folders = [write_study(tmp / "dicom", uid=f"c{i}", seed=i, noise=14.0, tissue=40.0, patient_id=f"PAT-{i}",
                       institution="hospital_z") for i in range(8)]
     return {"tmp": tmp, "params": tmp / "params.yaml", "db": tmp / "log" / "predictions.db", "studies": folders}
 
@@ -88,7 +89,7 @@ def test_concurrent_requests_restart_and_metrics(project):
             body = v2_zip_request([zip_folder(project["studies"][i])])
             if i % 2:
                 body["parameters"] = {"hospital": "clinic_x"}  # the request parameter wins over InstitutionName
-            statuses[i] = _post(f"{base}/v2/models/{NAME}/infer", body)
+            statuses[i] = post_json(f"{base}/v2/models/{NAME}/infer", body)
 
         threads = [threading.Thread(target=post, args=(i,)) for i in range(8)]
         for t in threads:
@@ -122,17 +123,17 @@ def test_concurrent_requests_restart_and_metrics(project):
     try:
         assert [s.value for s in _metrics(base)["covidnet_drift_window"].samples] == [8]
         study = base64.b64encode(zip_folder(project["studies"][0])).decode()
-        code, _ = _post(f"{base}/v1/models/{NAME}:predict", {"instances": [{"b64": study}]})
+        code, _ = post_json(f"{base}/v1/models/{NAME}:predict", {"instances": [{"b64": study}]})
         assert code == 200
         assert len(_rows(project)) == 9
         # PCR feedback over HTTP beside the model: ids hashed with the server's key, bad lines named
         csv = ("patient_id,pcr_result,pcr_date\nPAT-1,positive,2024-05-01\nPAT-2,negative,2024-05-02\n"
                "PAT-3,maybe,2024-05-02\nNOBODY,positive,2024-05-02\n")
-        code, body = _post(f"{base}/covidnet/feedback", csv.encode(), "text/csv")
+        code, body = post_json(f"{base}/covidnet/feedback", csv.encode(), "text/csv")
         assert code == 200 and body["rows"] == 4 and body["ingested"] == 2, body
         assert body["rejected"] == {"unparseable pcr_result": [4], "unknown id (no logged prediction)": [5]}
-        assert _post(f"{base}/covidnet/feedback", b"x,y\n1,2\n", "text/csv")[0] == 400
-        assert _post(f"{base}/covidnet/feedback", csv.encode(), "application/json")[0] == 415
+        assert post_json(f"{base}/covidnet/feedback", b"x,y\n1,2\n", "text/csv")[0] == 400
+        assert post_json(f"{base}/covidnet/feedback", csv.encode(), "application/json")[0] == 415
         plog = PredictionLog(f"sqlite:///{project['db']}", KEY.encode(), 30.0)
         try:
             fb = plog.feedback()
@@ -178,7 +179,7 @@ def test_serving_monitor_logs_then_counts(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     from prometheus_client import CollectorRegistry
-    from test_monitor import model_folder
+    from support.monitor import model_folder
 
     from covidnet.params import load_params
     from covidnet.monitor.predlog import PredLogError

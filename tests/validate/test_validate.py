@@ -12,8 +12,9 @@ from covidnet.validate import suites as validate_mod
 from covidnet.data.cohort import PATIENT_COLUMNS, SCAN_COLUMNS, Manifest
 from covidnet.params import load_params, section
 from covidnet.validate.suites import ValidateParams, validate_cohort
+from support import REPO
 
-PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
+PARAMS_FILE = REPO / "params.yaml"
 HOSPITALS = ["hospital_a", "hospital_b"]
 
 

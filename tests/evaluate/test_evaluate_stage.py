@@ -12,8 +12,8 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from covidnet.evaluate.stage import (OUTPUT_FILES, EvaluateParams, PredictionsError, evaluate_predictions,
                                fit_calibrator, log_to_mlflow, read_predictions)
 from covidnet.params import ParamsError, load_params, section
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 FIG_KEYS = {"sensitivity", "specificity", "ppv", "npv", "f1"}
 FAST = EvaluateParams(bootstrap=500)
 

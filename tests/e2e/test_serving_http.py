@@ -32,13 +32,13 @@ from covidnet.serve.client import PredictError, send_study, v2_zip_request, zip_
 from covidnet.serve.study import extract_zip, studies_from_folder
 from covidnet.serve.lesions import lung_abnormality
 from covidnet.synthetic.dicom_writer import SeriesHeader, write_series
+from support.server import NAME, assert_alive, free_port, post_json, running_server, start_server, stop_server, write_study
+from support.train import PRE, SHAPE, TINY, tiny_cohort, train_params, train_paths
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import PRE, SHAPE, TINY, _cohort, _params, _paths  # noqa: E402
+
 
 pytestmark = pytest.mark.slow
-NAME = "covidnet"
 
 
 
@@ -46,65 +46,17 @@ def _serve_params(**changes):
     """The repository's ``serve`` params with some values replaced."""
     import dataclasses
 
-    return dataclasses.replace(section(load_params(Path(__file__).resolve().parents[1] / "params.yaml"), "serve",
+    return dataclasses.replace(section(load_params(REPO / "params.yaml"), "serve",
                                        ServeParams), **changes)
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def start_server(args: list[str], cwd: Path, env: dict, log_path: Path, model: str = NAME,
-                 timeout_s: float = 90.0) -> tuple[subprocess.Popen, str | None]:
-    """``covidnet serve ARGS --port P`` in a subprocess, its output in ``log_path``.
-
-    Returns the process and its base URL once ``/v2/models/<model>/ready`` answers 200, or
-    the process and None when it exits (or is not ready within ``timeout_s``) first.
-    """
-    port = _free_port()
-    with open(log_path, "w") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "covidnet.cli.main", "serve", "--port", str(port), *args], cwd=cwd,
-                                stdout=log, stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"})
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + timeout_s
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"{base}/v2/models/{model}/ready", timeout=2) as r:
-                if r.status == 200:
-                    return proc, base
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        time.sleep(0.3)
-    return proc, None
 
 
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
-@contextlib.contextmanager
-def running_server(args: list[str], cwd: Path, env: dict, log_path: Path, model: str = NAME):
-    """:func:`start_server` that must become ready (else RuntimeError with the log's end); stopped on exit."""
-    proc, base = start_server(args, cwd, env, log_path, model)
-    try:
-        if base is None:
-            raise RuntimeError(f"server did not become ready:\n{log_path.read_text()[-3000:]}")
-        yield base
-    finally:
-        stop_server(proc)
 
 
-def _study(root: Path, uid: str = "s1", skip=(), noise: float = 80.0, seed: int = 0, tissue: float = -100.0,
-           **header) -> Path:
-    """12 slices of 32 x 32: -700 HU around a square of ``tissue`` HU, Gaussian noise of ``noise`` HU."""
-    rng = np.random.default_rng(seed)
-    vol = rng.normal(-700, noise, size=(12, 32, 32))
-    vol[:, 4:28, 4:28] += tissue + 700
-    write_series(root / uid, vol, (8.0, 10.0, 10.0), header=SeriesHeader(uid_entropy=uid, **header),
-                 skip_slices=skip)
-    return root / uid
 
 
 def _zip(members: dict[str, bytes]) -> bytes:
@@ -115,14 +67,6 @@ def _zip(members: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def _post(url: str, body, content_type: str = "application/json") -> tuple[int, dict]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": content_type}, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=120) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +98,7 @@ def _reference_qc(root: Path) -> pd.DataFrame:
     pre = PreprocessParams(**{**PRE, "dtype": "float16", "body_hu": -500.0, "lung_hu": [-950.0, -400.0], "workers": 1})
     rows = []
     for i, noise in enumerate((8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0)):
-        folder = _study(root, uid=f"ref{i}", noise=noise, seed=100 + i, tissue=40.0)
+        folder = write_study(root, uid=f"ref{i}", noise=noise, seed=100 + i, tissue=40.0)
         (study,) = studies_from_folder(folder, sp, pre)
         rows.append({**study.info["qc"], "split": "train", "error": ""})
     return pd.DataFrame(rows)
@@ -166,8 +110,8 @@ def server(tmp_path_factory, s3):
     from covidnet.train.loop import train_model
 
     tmp = tmp_path_factory.mktemp("serve")
-    index = _cohort(tmp / "pre", n_train=4, n_val=2)
-    train_model(index, _paths(tmp), TINY, _params(epochs=1, batch_size=2),
+    index = tiny_cohort(tmp / "pre", n_train=4, n_val=2)
+    train_model(index, train_paths(tmp), TINY, train_params(epochs=1, batch_size=2),
                 {**PRE, "dtype": "float16", "body_hu": -500.0, "lung_hu": [-950.0, -400.0], "workers": 1},
                 progress=False)
     _reference_qc(tmp / "ref").to_csv(tmp / "model" / "qc.csv", index=False)
@@ -184,15 +128,12 @@ def server(tmp_path_factory, s3):
                "tmp": tmp, "log": tmp / "server.log"}
 
 
-def _alive(server) -> None:
-    with urllib.request.urlopen(f"{server['base']}/v2/health/ready", timeout=5) as r:
-        assert r.status == 200
 
 
 def test_v2_study_zip(server, tmp_path):
-    folder = _study(tmp_path / "dicom")
+    folder = write_study(tmp_path / "dicom")
     (folder / "README.txt").write_text("not DICOM; skipped")
-    status, body = _post(server["infer"], v2_zip_request([zip_folder(folder)]))
+    status, body = post_json(server["infer"], v2_zip_request([zip_folder(folder)]))
     assert status == 200, body
     out = {o["name"]: o for o in body["outputs"]}
     assert 0.0 <= out["covid19_probability"]["data"][0] <= 1.0
@@ -209,23 +150,23 @@ def test_v2_study_zip(server, tmp_path):
 def test_raw_zip_body_answers_like_base64_json(server, tmp_path):
     """The zip as the raw body of a V1 request (no base64, no JSON) gets the same answer as the
     base64 V2 request; a raw body of another content type is a 400 naming it."""
-    data = zip_folder(_study(tmp_path / "dicom", uid="raw", seed=3))
-    status, v2 = _post(server["infer"], v2_zip_request([data]))
+    data = zip_folder(write_study(tmp_path / "dicom", uid="raw", seed=3))
+    status, v2 = post_json(server["infer"], v2_zip_request([data]))
     assert status == 200, v2
-    status, v1 = _post(server["v1"], data, "application/zip")
+    status, v1 = post_json(server["v1"], data, "application/zip")
     assert status == 200, v1
     (raw,) = v1["predictions"]
     assert raw["series_uid"] == _result(v2)["series_uid"] and raw["qc"] == _result(v2)["qc"]
     assert raw["covid19_probability"] == pytest.approx(_result(v2)["covid19_probability"], abs=1e-6)
-    status, body = _post(server["v1"], data, "text/plain")
+    status, body = post_json(server["v1"], data, "text/plain")
     assert status == 400 and "Content-Type 'text/plain'" in body["error"], body
-    status, body = _post(server["v1"], b"PK\x03\x04 truncated", "application/x-zip-compressed")
+    status, body = post_json(server["v1"], b"PK\x03\x04 truncated", "application/x-zip-compressed")
     assert status == 400 and "not a zip archive" in body["error"], body
-    _alive(server)
+    assert_alive(server)
 
 
 def test_cli_predict_binary_base64_and_errors(server, tmp_path):
-    folder = _study(tmp_path / "dicom", uid="s2")
+    folder = write_study(tmp_path / "dicom", uid="s2")
     runs = {}
     for encoding in ("binary", "base64"):
         r = subprocess.run([sys.executable, "-m", "covidnet.cli.main", "predict", str(folder), "--url", server["base"],
@@ -242,10 +183,10 @@ def test_cli_predict_binary_base64_and_errors(server, tmp_path):
 
 
 def test_v1_base64_zip_and_tensor_together(server, tmp_path):
-    folder = _study(tmp_path / "dicom", uid="s2")
+    folder = write_study(tmp_path / "dicom", uid="s2")
     # V1: a zip (base64, TF-serving style {"b64": ...}) and a tensor answered together
     z = base64.b64encode(zip_folder(folder)).decode()
-    status, body = _post(server["v1"], {"instances": [{"b64": z}, np.full(SHAPE, 0.3).tolist()]})
+    status, body = post_json(server["v1"], {"instances": [{"b64": z}, np.full(SHAPE, 0.3).tolist()]})
     assert status == 200, body
     preds = body["predictions"]
     assert len(preds) == 2 and preds[0]["series_uid"] and preds[1]["series_uid"] is None
@@ -285,22 +226,22 @@ def test_body_over_the_limit_is_413(server):
     status, body = _raw_exchange(server["base"], f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/zip"
                                  "\r\nTransfer-Encoding: chunked\r\n\r\n", [chunk] * 16 + [b"1\r\n\0\r\n"])
     assert status == 413 and "chunked" in body["error"], body
-    _alive(server)
+    assert_alive(server)
 
 
 def test_v2_tensor(server):
     x = np.random.default_rng(1).uniform(0, 1, size=(2, *SHAPE)).astype(np.float32)
     req = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
-    status, body = _post(server["infer"], req)
+    status, body = post_json(server["infer"], req)
     assert status == 200, body
     probs = body["outputs"][0]["data"]
     assert len(probs) == 2 and all(0.0 <= p <= 1.0 for p in probs)
 
 
 def _bad_zip_cases(tmp: Path) -> dict:
-    good = _study(tmp / "good", uid="g")
+    good = write_study(tmp / "good", uid="g")
     first = sorted(good.iterdir())[0].read_bytes()
-    mr = _study(tmp / "mr", uid="mr")
+    mr = write_study(tmp / "mr", uid="mr")
     for f in mr.iterdir():  # rewrite Modality
         import pydicom
 
@@ -313,16 +254,16 @@ def _bad_zip_cases(tmp: Path) -> dict:
         "non-DICOM": (_zip({"a.txt": b"hello", "b.png": b"\x89PNG...."}), "no DICOM files"),
         "not a zip": (b"this is not a zip", "not a zip archive"),
         "MR": (zip_folder(mr), "modality MR is not CT"),
-        "gap": (zip_folder(_study(tmp / "gap", uid="gap", skip=(5, 6))), "gap in slice positions"),
+        "gap": (zip_folder(write_study(tmp / "gap", uid="gap", skip=(5, 6))), "gap in slice positions"),
     }
 
 
 @pytest.mark.parametrize("case", ["zip slip", "zip bomb", "non-DICOM", "not a zip", "MR", "gap"])
 def test_bad_study_zip_is_400(server, tmp_path, case):
     data, message = _bad_zip_cases(tmp_path)[case]
-    status, body = _post(server["infer"], v2_zip_request([data]))
+    status, body = post_json(server["infer"], v2_zip_request([data]))
     assert status == 400 and message in body["error"], body
-    _alive(server)
+    assert_alive(server)
 
 
 @pytest.mark.parametrize("request_body,message", [
@@ -332,20 +273,20 @@ def test_bad_study_zip_is_400(server, tmp_path, case):
     ({"instances": [[[1.0, 2.0]]]}, "does not match"),
 ])
 def test_bad_request_is_400(server, request_body, message):
-    status, body = _post(server["infer"] if "inputs" in request_body else f"{server['base']}/v1/models/{NAME}:predict",
+    status, body = post_json(server["infer"] if "inputs" in request_body else f"{server['base']}/v1/models/{NAME}:predict",
                          request_body)
     assert status == 400 and message in body["error"], body
-    _alive(server)
+    assert_alive(server)
 
 
 def test_malformed_json_and_unknown_model(server):
-    status, body = _post(server["infer"], b'{"inputs": [ this is not json')
+    status, body = post_json(server["infer"], b'{"inputs": [ this is not json')
     assert status == 422 and "JSON decode error" in json.dumps(body), body
-    status, body = _post(f"{server['base']}/v1/models/{NAME}:predict", b'{"instances": [')
+    status, body = post_json(f"{server['base']}/v1/models/{NAME}:predict", b'{"instances": [')
     assert status == 400 and "Unrecognized request format" in body["error"], body
-    status, body = _post(f"{server['base']}/v2/models/nosuchmodel/infer", v2_zip_request([b"x"]))
+    status, body = post_json(f"{server['base']}/v2/models/nosuchmodel/infer", v2_zip_request([b"x"]))
     assert status == 404 and "nosuchmodel" in body["error"], body
-    _alive(server)
+    assert_alive(server)
 
 
 def test_extract_zip_and_tensor_batch_unit(tmp_path):
@@ -382,15 +323,15 @@ def _result(body: dict) -> dict:
 
 def test_qc_flags_against_training_reference(server, tmp_path):
     """A normal study (noise 14 HU) is in range on every QC field; a very noisy one (150 HU) is flagged."""
-    status, body = _post(server["infer"], v2_zip_request([zip_folder(_study(tmp_path / "a", uid="n", seed=7, noise=14.0, tissue=40.0))]))
+    status, body = post_json(server["infer"], v2_zip_request([zip_folder(write_study(tmp_path / "a", uid="n", seed=7, noise=14.0, tissue=40.0))]))
     assert status == 200, body
     check = _result(body)["qc_check"]
     assert check["reference"].endswith("(7 scans, p1..p99, margin 0.1)") and "qc.csv" in check["reference"]
     assert check["all_in_range"] is True and check["out_of_range"] == [], check
     f = check["fields"]["noise_hu"]
     assert f["in_range"] is True and f["range"][0] <= f["value"] <= f["range"][1]
-    status, body = _post(server["infer"],
-                         v2_zip_request([zip_folder(_study(tmp_path / "b", uid="noisy", noise=150.0, seed=8, tissue=40.0))]))
+    status, body = post_json(server["infer"],
+                         v2_zip_request([zip_folder(write_study(tmp_path / "b", uid="noisy", noise=150.0, seed=8, tissue=40.0))]))
     assert status == 200, body
     check = _result(body)["qc_check"]
     assert check["all_in_range"] is False and "noise_hu" in check["out_of_range"], check
@@ -449,22 +390,22 @@ def test_lesion_fractions_params_and_empty():
 def test_s3_study_references(server, s3, tmp_path):
     """A zip object (V2 BYTES) and a prefix of DICOM files (V1 {"s3": ...}) from moto's S3 over HTTP;
     a missing object is a 400 naming the URI."""
-    folder = _study(tmp_path / "dicom", uid="s3study")
+    folder = write_study(tmp_path / "dicom", uid="s3study")
     s3["client"].put_object(Bucket="studies", Key="zips/study.zip", Body=zip_folder(folder))
     for f in sorted(folder.iterdir()):
         s3["client"].put_object(Bucket="studies", Key=f"dicom/s3study/{f.name}", Body=f.read_bytes())
     req = {"inputs": [{"name": "study_ref", "shape": [1], "datatype": "BYTES", "data": ["s3://studies/zips/study.zip"]}]}
-    status, body = _post(server["infer"], req)
+    status, body = post_json(server["infer"], req)
     assert status == 200, body
     uid = _result(body)["series_uid"]
     assert uid.startswith("1.")
-    status, body = _post(f"{server['base']}/v1/models/{NAME}:predict", {"instances": [{"s3": "s3://studies/dicom/s3study"}]})
+    status, body = post_json(f"{server['base']}/v1/models/{NAME}:predict", {"instances": [{"s3": "s3://studies/dicom/s3study"}]})
     assert status == 200, body
     assert body["predictions"][0]["series_uid"] == uid and body["predictions"][0]["lesions"] is not None
     (answer,) = send_study("s3://studies/dicom/s3study", server["base"], NAME)  # covidnet predict s3://...
     assert answer["series_uid"] == uid
     for uri in ("s3://studies/zips/missing.zip", "s3://studies/nothing/here", "s3://nosuchbucket/a.zip"):
-        status, body = _post(server["infer"], {"inputs": [{"name": "r", "shape": [1], "datatype": "BYTES",
+        status, body = post_json(server["infer"], {"inputs": [{"name": "r", "shape": [1], "datatype": "BYTES",
                                                            "data": [uri]}]})
         assert status == 400 and uri in body["error"], (uri, body)
-    _alive(server)
+    assert_alive(server)

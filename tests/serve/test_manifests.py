@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = {"cpu": REPO / "serving" / "inferenceservice-cpu.yaml", "gpu": REPO / "serving" / "inferenceservice-gpu.yaml"}
 
 

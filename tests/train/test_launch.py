@@ -17,8 +17,8 @@ import yaml
 
 from covidnet.train.launch import checkpoint_key, resolve_nproc, torchrun_command, train_command, train_in_pod
 from covidnet.params import ParamsError
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_resolve_nproc_on_a_cpu():

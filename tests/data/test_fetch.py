@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 
 from covidnet.data.fetch import FetchError, RevisionError, check_revision, fetch_cohort
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(cmd, cwd, env):

@@ -27,8 +27,8 @@ from covidnet.params import load_params
 from covidnet.monitor.predlog import Prediction, PredictionLog
 from covidnet.preprocess.stage import QC_VALUES
 from covidnet.model.card import ModelCard
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 KEY = b"0123456789abcdef0123456789abcdef"
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,8 @@ from covidnet.params import ParamsError, load_params, section
 from covidnet.promote.stage import (CHALLENGER, CHAMPION, PREVIOUS, ROLLED_BACK, PromoteError, PromoteParams,
                               paired_auc_difference, params_hash, promote, rollback)
 from covidnet.tracking import MlflowParams
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 GATE = PromoteParams(min_auc_lower=0.6, min_sensitivity_lower=0.3, compare_with_champion=True, max_auc_drop=0.05,
                      bootstrap=2000, seed=0, test_set="test", ci=0.95)
 PROVENANCE = {"git_commit": "abc123", "data_version": "dvc:0123", "params_hash": "sha256:feed", "synthetic": "true"}

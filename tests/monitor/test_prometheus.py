@@ -15,10 +15,10 @@ from covidnet.monitor.report import monitor_params
 from covidnet.monitor.prometheus import MonitorMetrics
 from covidnet.params import load_params
 from covidnet.monitor.reference import load_reference
+from support.monitor import model_folder, rows
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_monitor import model_folder, rows  # noqa: E402
+
 
 T0 = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
 

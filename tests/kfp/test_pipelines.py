@@ -12,8 +12,8 @@ from covidnet.cli import main as cli
 from covidnet.kfp import runner as kp
 from covidnet.params import ParamsError, load_params
 from covidnet.kfp.params import pipeline_params
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
 SETTINGS = pipeline_params(load_params(PARAMS))
 

@@ -11,8 +11,8 @@ from covidnet.monitor.drift import (SCORE, DriftParams, bin_fractions, ks, psi, 
                             window_verdict)
 from covidnet.monitor.report import monitor_params
 from covidnet.params import ParamsError, load_params
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _params(**changes) -> DriftParams:

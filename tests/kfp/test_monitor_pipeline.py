@@ -20,12 +20,11 @@ from covidnet.kfp.params import pipeline_params
 from covidnet.monitor.predlog import PredictionLog
 from covidnet.model.card import ModelCard
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from covidnet.kfp.components.monitor import monitor_drift  # noqa: E402
 from covidnet.kfp.pipelines import monitor as monitor_pipeline  # noqa: E402
-from test_monitor import KEY, model_folder, rows  # noqa: E402
+from support.monitor import KEY, model_folder, rows
+from support import REPO
+
 
 COMMITTED = REPO / "pipelines" / "monitor_pipeline.yaml"
 T0 = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)

@@ -13,8 +13,8 @@ from covidnet.params import ParamsError, load_params
 from covidnet.monitor.predlog import (INSECURE_KEY, LogParams, Prediction, PredictionLog, PredLogError, hash_id,
                               predictions_from_answers, resolve_key, resolve_url)
 from covidnet.preprocess.stage import QC_VALUES
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 KEY = b"0123456789abcdef0123456789abcdef"
 
 

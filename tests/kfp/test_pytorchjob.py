@@ -23,8 +23,8 @@ from covidnet.train.launch import LaunchError
 from covidnet.params import ParamsError, load_params
 from covidnet.kfp.params import pipeline_params
 from covidnet.kfp.pytorchjob import job_state, pytorchjob_manifest, run_pytorchjob, train_with_pytorchjob
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
 SETTINGS = pipeline_params(load_params(PARAMS))
 

@@ -19,48 +19,21 @@ import torch
 
 from covidnet.model.builders import ModelParams
 from covidnet.train.loop import (ResumeError, TrainDataError, TrainParams, TrainPaths, load_checkpoint, train_model)
-
-REPO = Path(__file__).resolve().parents[1]
-SHAPE = (1, 8, 24, 24)
-PRE = {"depth": 8, "crop": 24, "size": 32, "hu_min": -1024.0, "hu_max": 1024.0}
-TINY = ModelParams(builder="cpu", block_config=(1, 1), growth_rate=4, init_features=8, input_shape=SHAPE)
+from support.train import PRE, SHAPE, TINY, tiny_cohort, train_params, train_paths
+from support import REPO
 
 
-def _cohort(root: Path, n_train=12, n_val=6, seed=0) -> pd.DataFrame:
-    """COVID-19 tensors carry a bright lower-posterior patch; others do not."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    (root / "tensors").mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("val", n_val)):
-        for i in range(n):
-            label = "covid" if i % 2 == 0 else "non_covid"
-            x = rng.normal(0.3, 0.05, size=SHAPE).astype(np.float32)
-            if label == "covid":
-                x[0, 4:8, 14:22, 2:10] += 0.4
-            sid = f"{split}{i:02d}"
-            np.save(root / "tensors" / f"{sid}.npy", x.astype(np.float16))
-            rows.append({"scan_id": sid, "patient_id": f"p{sid}", "study_uid": f"1.{i}", "series_uid": f"2.{i}",
-                         "hospital": "h", "label": label, "split": split, "scan_date": "2020-03-01",
-                         "path": f"tensors/{sid}.npy"})
-    index = pd.DataFrame(rows)
-    index.to_csv(root / "index.csv", index=False)
-    return index
 
 
-def _paths(tmp: Path) -> TrainPaths:
-    return TrainPaths(preprocessed=tmp / "pre", model=tmp / "model", checkpoints=tmp / "ckpt", report=tmp / "report")
 
 
-def _params(**kw) -> TrainParams:
-    base = dict(seed=1, epochs=4, batch_size=4, learning_rate=1e-3, patience=10, micro_batch_size=None,
-                pos_weight=None, workers=0, precision="fp32", augment=False, device="cpu")
-    return TrainParams(**{**base, **kw})
+
 
 
 def test_smoke_loss_falls_and_outputs_written(tmp_path):
-    index = _cohort(tmp_path / "pre")
-    paths = _paths(tmp_path)
-    r = train_model(index, paths, TINY, _params(epochs=6), PRE, progress=False)
+    index = tiny_cohort(tmp_path / "pre")
+    paths = train_paths(tmp_path)
+    r = train_model(index, paths, TINY, train_params(epochs=6), PRE, progress=False)
     losses = [h["train_loss"] for h in r.history]
     assert losses[-1] < losses[0]
     assert r.best["val_auc"] is not None and 1 <= r.best_epoch <= 6
@@ -95,24 +68,24 @@ def _last(paths: TrainPaths) -> dict:
 
 def test_micro_batches_match_the_full_batch(tmp_path):
     """Gradient accumulation (2 x 2 and 4 x 1) against the full batch of 4."""
-    index = _cohort(tmp_path / "pre")
+    index = tiny_cohort(tmp_path / "pre")
     runs = {}
     for mb in (None, 2, 1):
         p = TrainPaths(tmp_path / "pre", tmp_path / f"m{mb}", tmp_path / f"c{mb}", tmp_path / f"r{mb}")
-        train_model(index, p, TINY, _params(epochs=2, micro_batch_size=mb), PRE, progress=False)
+        train_model(index, p, TINY, train_params(epochs=2, micro_batch_size=mb), PRE, progress=False)
         runs[mb] = (_last(p), pd.read_csv(p.report / "curve.csv"))
     for mb in (2, 1):
         _assert_same_training(runs[None][0], runs[mb][0], runs[None][1], runs[mb][1])
 
 
 def test_resume_refuses_other_settings(tmp_path):
-    index = _cohort(tmp_path / "pre")
-    paths = _paths(tmp_path)
-    train_model(index, paths, TINY, _params(epochs=1), PRE, progress=False)
+    index = tiny_cohort(tmp_path / "pre")
+    paths = train_paths(tmp_path)
+    train_model(index, paths, TINY, train_params(epochs=1), PRE, progress=False)
     with pytest.raises(ResumeError, match=r"train.learning_rate: checkpoint 0.001, now 0.01"):
-        train_model(index, paths, TINY, _params(epochs=2, learning_rate=1e-2), PRE, resume="always", progress=False)
+        train_model(index, paths, TINY, train_params(epochs=2, learning_rate=1e-2), PRE, resume="always", progress=False)
     # auto: starts afresh instead
-    r = train_model(index, paths, TINY, _params(epochs=1, learning_rate=1e-2), PRE, resume="auto", progress=False)
+    r = train_model(index, paths, TINY, train_params(epochs=1, learning_rate=1e-2), PRE, resume="auto", progress=False)
     assert r.resumed_from == 0
     assert "world_size" in load_checkpoint(paths.checkpoints / "last.pt")["config"]
 
@@ -120,7 +93,7 @@ def test_resume_refuses_other_settings(tmp_path):
 @pytest.mark.parametrize("defect,message", [("shape", r"scan train03: tensor shape \(1, 8, 24, 20\)"),
                                             ("nan", r"scan train03: tensor has 5 NaN")])
 def test_bad_tensor_names_the_scan(tmp_path, defect, message):
-    index = _cohort(tmp_path / "pre")
+    index = tiny_cohort(tmp_path / "pre")
     x = np.load(tmp_path / "pre/tensors/train03.npy")
     if defect == "shape":
         x = x[..., :20]
@@ -128,16 +101,16 @@ def test_bad_tensor_names_the_scan(tmp_path, defect, message):
         x.reshape(-1)[:5] = np.nan
     np.save(tmp_path / "pre/tensors/train03.npy", x)
     with pytest.raises(TrainDataError, match=message):
-        train_model(index, _paths(tmp_path), TINY, _params(epochs=1), PRE, progress=False)
+        train_model(index, train_paths(tmp_path), TINY, train_params(epochs=1), PRE, progress=False)
 
 
 def test_single_class_or_empty_split_stops(tmp_path):
-    index = _cohort(tmp_path / "pre")
+    index = tiny_cohort(tmp_path / "pre")
     one = index[(index.split == "val") | (index.label == "covid")]
     with pytest.raises(TrainDataError, match="one class only"):
-        train_model(one, _paths(tmp_path), TINY, _params(), PRE, progress=False)
+        train_model(one, train_paths(tmp_path), TINY, train_params(), PRE, progress=False)
     with pytest.raises(TrainDataError, match="the val split is empty"):
-        train_model(index[index.split == "train"], _paths(tmp_path), TINY, _params(), PRE, progress=False)
+        train_model(index[index.split == "train"], train_paths(tmp_path), TINY, train_params(), PRE, progress=False)
 
 
 # ------------------------------------------------------------------ through the CLI
@@ -158,7 +131,7 @@ def _project(tmp: Path, epochs: int) -> Path:
     params["mlflow"]["artifact_root"] = str(tmp / "mlruns")
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
-    _cohort(tmp / "pre", n_train=16)
+    tiny_cohort(tmp / "pre", n_train=16)
     return tmp / "params.yaml"
 
 
@@ -218,11 +191,11 @@ def test_mlflow_run_logs_params_metrics_and_a_loadable_model(tmp_path):
 
     from covidnet.tracking import MlflowParams
 
-    index = _cohort(tmp_path / "pre")
-    paths = _paths(tmp_path)
+    index = tiny_cohort(tmp_path / "pre")
+    paths = train_paths(tmp_path)
     mp = MlflowParams(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t",
                       artifact_root=str(tmp_path / "mlruns"), registered_model="covidnet")
-    r = train_model(index, paths, TINY, _params(epochs=2), PRE, mlflow_params=mp,
+    r = train_model(index, paths, TINY, train_params(epochs=2), PRE, mlflow_params=mp,
                     provenance={"git_commit": "abc", "data_version": "sha256:x", "synthetic": "true"}, progress=False)
     run = mlflow.get_run(r.run_id)
     assert run.data.params["train.learning_rate"] == "0.001"
@@ -249,14 +222,14 @@ def test_mlflow_run_logs_params_metrics_and_a_loadable_model(tmp_path):
         return len(mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list"))
 
     before = logged_models()
-    again = train_model(index, paths, TINY, _params(epochs=2), PRE, mlflow_params=mp,
+    again = train_model(index, paths, TINY, train_params(epochs=2), PRE, mlflow_params=mp,
                         provenance={"git_commit": "abc", "data_version": "sha256:x", "synthetic": "true"}, progress=False)
     assert again.run_id == r.run_id and again.resumed_from == 2 and logged_models() == before
 
 
 def test_early_stopping_after_patience(tmp_path):
     """A learning rate too small to change anything: no better epoch, so stop after `patience` more."""
-    index = _cohort(tmp_path / "pre")
-    r = train_model(index, _paths(tmp_path), TINY, _params(epochs=10, patience=2, learning_rate=1e-12), PRE,
+    index = tiny_cohort(tmp_path / "pre")
+    r = train_model(index, train_paths(tmp_path), TINY, train_params(epochs=10, patience=2, learning_rate=1e-12), PRE,
                     progress=False)
     assert r.stopped_early and r.epochs_run == 3 and r.best_epoch == 1

@@ -26,11 +26,12 @@ from covidnet.serve.bundle import ServeParams, load_bundle
 from covidnet.serve.client import send_study
 from covidnet.serve.source import ModelSourceError, fetch_model, parse_model_uri
 from covidnet.tracking import MlflowParams
+from support.server import assert_alive, free_port, running_server, write_study
+from support.train import PRE, TINY, tiny_cohort, train_params, train_paths
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_serving import _alive, _free_port, _study, running_server  # noqa: E402
-from test_train import PRE, TINY, _cohort, _params, _paths  # noqa: E402
+
+
 
 NAME = "covidnet-test"
 THRESHOLD = 0.4
@@ -45,14 +46,14 @@ def registry(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("registry")
     mp = MlflowParams(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}", experiment="serve-tests",
                       artifact_root=str(tmp / "mlruns"), registered_model=NAME)
-    index = _cohort(tmp / "pre", n_train=4, n_val=4)
+    index = tiny_cohort(tmp / "pre", n_train=4, n_val=4)
     test = index[index["split"] == "val"].assign(split="test", scan_id=lambda t: "t" + t["scan_id"],
                                                  patient_id=lambda t: "t" + t["patient_id"])
     index = pd.concat([index, test], ignore_index=True)
-    paths = _paths(tmp)
+    paths = train_paths(tmp)
     with pytest.MonkeyPatch.context() as mpatch:  # mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI
         mpatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-        run = train_model(index, paths, TINY, _params(epochs=1, batch_size=2),
+        run = train_model(index, paths, TINY, train_params(epochs=1, batch_size=2),
                           {**PRE, "dtype": "float16", "body_hu": -500.0, "lung_hu": [-950.0, -400.0], "workers": 1},
                           mlflow_params=mp, provenance=PROVENANCE, progress=False)
         evaluate_model(index, tmp / "pre", paths.model,
@@ -140,7 +141,7 @@ def test_unknown_alias_version_or_model_is_named(registry):
     with pytest.raises(ModelSourceError, match=rf"no registered model 'other' .*registered: {NAME}"):
         fetch_model("models:/other@champion", uri)
     r = subprocess.run([sys.executable, "-m", "covidnet.cli.main", "serve", "--params", str(registry["params"]),
-                        "--model-uri", f"models:/{NAME}@challenger", "--port", str(_free_port())],
+                        "--model-uri", f"models:/{NAME}@challenger", "--port", str(free_port())],
                        cwd=registry["tmp"], capture_output=True, text=True, timeout=120, env=_env())
     assert r.returncode == 2, r.stderr[-2000:]
     assert "no alias 'challenger'" in r.stderr and "champion -> version 1" in r.stderr, r.stderr[-2000:]
@@ -148,7 +149,7 @@ def test_unknown_alias_version_or_model_is_named(registry):
 
 @pytest.mark.slow
 def test_serve_with_no_flags_answers_with_the_champion(server, registry, tmp_path):
-    folder = _study(tmp_path / "dicom", uid="reg")
+    folder = write_study(tmp_path / "dicom", uid="reg")
     (answer,) = send_study(folder, server["base"], "covidnet")
     model = answer["model"]
     assert (model["name"], model["version"], model["alias"]) == (NAME, "1", "champion")
@@ -157,4 +158,4 @@ def test_serve_with_no_flags_answers_with_the_champion(server, registry, tmp_pat
     assert answer["threshold"] == THRESHOLD
     assert answer["decision"] == ("covid19" if answer["score"] >= THRESHOLD else "other_pneumonia")
     assert answer["covid19_probability"] != answer["score"]  # the calibrator was applied
-    _alive(server)
+    assert_alive(server)

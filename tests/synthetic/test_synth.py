@@ -14,8 +14,9 @@ from covidnet.data.cohort import LABELS, PATIENT_COLUMNS, SCAN_COLUMNS, read_man
 from covidnet.params import ParamsError, load_params, section
 from covidnet.synthetic.dicom_writer import CODECS, SeriesHeader, write_series
 from covidnet.synthetic.synth import PLANTED_FILE, SynthParams, synthesize
+from support import REPO
 
-PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
+PARAMS_FILE = REPO / "params.yaml"
 
 
 def _tiny(**changes: object) -> SynthParams:

@@ -9,8 +9,8 @@ from covidnet.model.builders import ModelParams, build_model, covidnet_cpu, covi
 from covidnet.model.network import COVIDNet
 from covidnet.model.summary import count_flops, format_summary, model_summary
 from covidnet.params import ParamsError, load_params, section
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 # Small overrides so every builder runs in well under a second; the architecture choices
 # that tell the builders apart (stem, order, norm, compression, final transition) are kept.

@@ -17,8 +17,8 @@ from covidnet.monitor.feedback import FeedbackError, ingest_feedback, join_feedb
 from covidnet.params import load_params, section
 from covidnet.monitor.predlog import Prediction, PredictionLog, hash_id
 from covidnet.promote.stage import PromoteParams
+from support import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 KEY = b"0123456789abcdef0123456789abcdef"
 T0 = dt.datetime(2024, 5, 10, 9, 0, tzinfo=dt.timezone.utc)
 

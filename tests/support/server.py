@@ -1,0 +1,102 @@
+"""``covidnet serve`` in a subprocess, a tiny DICOM study, and a JSON POST."""
+
+import base64
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from covidnet.params import load_params, section
+from covidnet.preprocess.stage import PreprocessParams
+from covidnet.serve.bundle import ServeInputError, ServeParams, load_bundle, results, tensor_batch
+from covidnet.serve.client import PredictError, send_study, v2_zip_request, zip_folder
+from covidnet.serve.study import extract_zip, studies_from_folder
+from covidnet.serve.lesions import lung_abnormality
+from covidnet.synthetic.dicom_writer import SeriesHeader, write_series
+
+
+NAME = "covidnet"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: list[str], cwd: Path, env: dict, log_path: Path, model: str = NAME,
+                 timeout_s: float = 90.0) -> tuple[subprocess.Popen, str | None]:
+    """``covidnet serve ARGS --port P`` in a subprocess, its output in ``log_path``.
+
+    Returns the process and its base URL once ``/v2/models/<model>/ready`` answers 200, or
+    the process and None when it exits (or is not ready within ``timeout_s``) first.
+    """
+    port = free_port()
+    with open(log_path, "w") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "covidnet.cli.main", "serve", "--port", str(port), *args], cwd=cwd,
+                                stdout=log, stderr=subprocess.STDOUT, env={**env, "PYTHONUNBUFFERED": "1"})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{base}/v2/models/{model}/ready", timeout=2) as r:
+                if r.status == 200:
+                    return proc, base
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.3)
+    return proc, None
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def running_server(args: list[str], cwd: Path, env: dict, log_path: Path, model: str = NAME):
+    """:func:`start_server` that must become ready (else RuntimeError with the log's end); stopped on exit."""
+    proc, base = start_server(args, cwd, env, log_path, model)
+    try:
+        if base is None:
+            raise RuntimeError(f"server did not become ready:\n{log_path.read_text()[-3000:]}")
+        yield base
+    finally:
+        stop_server(proc)
+
+
+def write_study(root: Path, uid: str = "s1", skip=(), noise: float = 80.0, seed: int = 0, tissue: float = -100.0,
+           **header) -> Path:
+    """12 slices of 32 x 32: -700 HU around a square of ``tissue`` HU, Gaussian noise of ``noise`` HU."""
+    rng = np.random.default_rng(seed)
+    vol = rng.normal(-700, noise, size=(12, 32, 32))
+    vol[:, 4:28, 4:28] += tissue + 700
+    write_series(root / uid, vol, (8.0, 10.0, 10.0), header=SeriesHeader(uid_entropy=uid, **header),
+                 skip_slices=skip)
+    return root / uid
+
+
+def post_json(url: str, body, content_type: str = "application/json") -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def assert_alive(server) -> None:
+    with urllib.request.urlopen(f"{server['base']}/v2/health/ready", timeout=5) as r:
+        assert r.status == 200

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from covidnet.evaluate.stage import (OUTPUT_FILES, EvaluateParams, PredictionsError, evaluate_predictions,
-                               fit_calibrator, log_to_mlflow, read_predictions)
+from covidnet.evaluate.params import EvaluateParams
+from covidnet.evaluate.predictions import PredictionsError, read_predictions
+from covidnet.evaluate.stage import OUTPUT_FILES, evaluate_predictions, fit_calibrator, log_to_mlflow
 from covidnet.params import ParamsError, load_params, section
 from support import REPO
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from covidnet.cli import main as cli
-from covidnet.evaluate.stage import EvaluateParams
+from covidnet.evaluate.params import EvaluateParams
 from covidnet.monitor.feedback import FeedbackError, ingest_feedback, join_feedback, performance_report
 from covidnet.params import load_params, section
 from covidnet.monitor.predlog import Prediction, PredictionLog, hash_id

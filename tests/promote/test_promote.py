@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from covidnet.cli import main as cli
-from covidnet.evaluate.stage import EvaluateParams, compute_metrics
+from covidnet.evaluate.figures import compute_metrics
+from covidnet.evaluate.params import EvaluateParams
 from covidnet.params import ParamsError, load_params, section
 from covidnet.promote.stage import (CHALLENGER, CHAMPION, PREVIOUS, ROLLED_BACK, PromoteError, PromoteParams,
                               paired_auc_difference, params_hash, promote, rollback)

@@ -18,7 +18,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from covidnet.evaluate.stage import EvaluateParams, evaluate_model
+from covidnet.evaluate.params import EvaluateParams
+from covidnet.evaluate.stage import evaluate_model
 from covidnet.params import ParamsError, load_params, section
 from covidnet.promote.stage import CHAMPION, PromoteParams, promote
 from covidnet.model.card import ModelCard

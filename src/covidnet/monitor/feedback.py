@@ -233,7 +233,8 @@ def performance_report(joined: pd.DataFrame, evaluate_params, promote_params, si
         evaluate metrics (``metrics``: overall figures, ``confusion``, ``per_hospital`` in Fig. 4
         form) and the ``gate`` checks (overall AUC and sensitivity, per-hospital sensitivity).
     """
-    from covidnet.evaluate.stage import compute_metrics, validate_predictions
+    from covidnet.evaluate.figures import compute_metrics
+    from covidnet.evaluate.predictions import validate_predictions
 
     models = []
     for (name, version, threshold), group in joined.groupby(["model_name", "model_version", "threshold"], sort=True):
@@ -310,7 +311,7 @@ def run_performance(params: dict[str, Any], since: str | None = None, until: str
     The window defaults to the last ``monitor.feedback.window_days`` (``hours`` overrides it);
     the report goes to ``performance.json``/``.html`` in ``out_dir`` (default ``paths.monitor``).
     """
-    from covidnet.evaluate.stage import EvaluateParams
+    from covidnet.evaluate.params import EvaluateParams
     from covidnet.monitor.report import monitor_params, time_window, write_report
     from covidnet.params import is_synthetic, section
     from covidnet.monitor.predlog import PredictionLog

@@ -183,7 +183,7 @@ def cohort_version(cohort_dir: Path | str, lock: Path | str = "dvc.lock") -> str
 # --- inputs -----------------------------------------------------------------------------------
 
 def _read_predictions(path: Path, source: str) -> pd.DataFrame:
-    from covidnet.evaluate.stage import validate_predictions
+    from covidnet.evaluate.predictions import validate_predictions
 
     if not path.is_file():
         raise PromoteError(f"{source}: predictions file not found (run `covidnet evaluate` first)")

@@ -213,7 +213,7 @@ def load_bundle(source, params: dict[str, Any], name: str | None = None) -> Bund
         ModelFolderError: the folder lacks its weights or card (named).
         ParamsError: a bad ``serve`` or ``series`` value (the key is named).
     """
-    from covidnet.evaluate.stage import EvaluateParams
+    from covidnet.evaluate.params import EvaluateParams
     from covidnet.model.card import ModelCard
     from covidnet.params import section
     from covidnet.paths import Paths

@@ -16,7 +16,7 @@ from covidnet.evaluate.params import EvaluateParams
 from covidnet.monitor.feedback import FeedbackError, ingest_feedback, join_feedback, performance_report
 from covidnet.params import load_params, section
 from covidnet.monitor.predlog import Prediction, PredictionLog, hash_id
-from covidnet.promote.stage import PromoteParams
+from covidnet.promote.gate import PromoteParams
 from support import REPO
 
 KEY = b"0123456789abcdef0123456789abcdef"

@@ -16,8 +16,9 @@ from covidnet.cli import main as cli
 from covidnet.evaluate.figures import compute_metrics
 from covidnet.evaluate.params import EvaluateParams
 from covidnet.params import ParamsError, load_params, section
-from covidnet.promote.stage import (CHALLENGER, CHAMPION, PREVIOUS, ROLLED_BACK, PromoteError, PromoteParams,
-                              paired_auc_difference, params_hash, promote, rollback)
+from covidnet.promote.gate import PromoteParams, paired_auc_difference
+from covidnet.promote.registry import CHALLENGER, CHAMPION, PREVIOUS, ROLLED_BACK, PromoteError, rollback
+from covidnet.promote.stage import params_hash, promote
 from covidnet.tracking import MlflowParams
 from support import REPO
 

@@ -21,7 +21,9 @@ import yaml
 from covidnet.evaluate.params import EvaluateParams
 from covidnet.evaluate.stage import evaluate_model
 from covidnet.params import ParamsError, load_params, section
-from covidnet.promote.stage import CHAMPION, PromoteParams, promote
+from covidnet.promote.gate import PromoteParams
+from covidnet.promote.registry import CHAMPION
+from covidnet.promote.stage import promote
 from covidnet.model.card import ModelCard
 from covidnet.serve.bundle import ServeParams, load_bundle
 from covidnet.serve.client import send_study

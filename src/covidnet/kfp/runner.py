@@ -101,7 +101,7 @@ def stage_params(params_yaml: str, profile: str, overrides: dict[str, dict[str, 
         if kept:
             params[name] = {**params.get(name, {}), **kept}
     # The sections the pipeline overrides are checked here, where the arguments enter.
-    from covidnet.promote.stage import PromoteParams
+    from covidnet.promote.gate import PromoteParams
 
     section(params, "promote", PromoteParams)
     return params

@@ -315,7 +315,7 @@ def run_performance(params: dict[str, Any], since: str | None = None, until: str
     from covidnet.monitor.report import monitor_params, time_window, write_report
     from covidnet.params import is_synthetic, section
     from covidnet.monitor.predlog import PredictionLog
-    from covidnet.promote.stage import PromoteParams
+    from covidnet.promote.gate import PromoteParams
 
     mp = monitor_params(params)
     start, end = time_window(since, until, hours if hours is not None else 24.0 * mp.feedback.window_days)

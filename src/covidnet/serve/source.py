@@ -108,7 +108,7 @@ def fetch_model(uri: str, tracking_uri: str) -> ModelSource:
     from mlflow.exceptions import MlflowException
 
     from covidnet.model.card import MODEL_ARTIFACT, ModelCard, download_model_folder
-    from covidnet.promote.stage import THRESHOLD_TAG
+    from covidnet.promote.registry import THRESHOLD_TAG
 
     name, alias, number = parsed
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():

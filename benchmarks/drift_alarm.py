@@ -54,10 +54,11 @@ def cohort_qc(params: dict, root: Path, n_patients: int, seed: int, drift: str |
         drift: None, ``noise`` (every hospital's ``noise_hu`` + ``noise_add``) or ``thin``
             (every hospital's ``slice_thickness_mm`` = ``thin_mm``).
     """
-    from covidnet.data.dicom import SeriesParams, index_tree
+    from covidnet.data.series import SeriesParams, index_tree
     from covidnet.params import section
     from covidnet.preprocess.stage import PreprocessParams, preprocess_cohort
-    from covidnet.synthetic.synth import SynthParams, synthesize
+    from covidnet.synthetic.params import SynthParams
+    from covidnet.synthetic.synth import synthesize
 
     sp = section(params, "synth", SynthParams)
     hospitals = sp.hospitals
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
 
-    from covidnet.monitor.report import monitor_params
+    from covidnet.monitor.params import monitor_params
     from covidnet.params import load_params
 
     params = load_params(args.params, profile=args.profile)

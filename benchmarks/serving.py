@@ -135,7 +135,8 @@ def _anchor(model_dir: str, params_path: str, zip_path: str) -> None:
 
     from covidnet.params import load_params
     from covidnet.model.inference import score
-    from covidnet.serve.bundle import load_bundle, results
+    from covidnet.serve.answer import results
+    from covidnet.serve.bundle import load_bundle
     from covidnet.serve.study import study_zip
 
     bundle = load_bundle(model_dir, load_params(params_path))

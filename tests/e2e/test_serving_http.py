@@ -27,7 +27,10 @@ import yaml
 
 from covidnet.params import load_params, section
 from covidnet.preprocess.stage import PreprocessParams
-from covidnet.serve.bundle import ServeInputError, ServeParams, load_bundle, results, tensor_batch
+from covidnet.serve.answer import results
+from covidnet.serve.bundle import load_bundle
+from covidnet.serve.params import ServeParams
+from covidnet.serve.study import ServeInputError, tensor_batch
 from covidnet.serve.client import PredictError, send_study, v2_zip_request, zip_folder
 from covidnet.serve.study import extract_zip, studies_from_folder
 from covidnet.serve.lesions import lung_abnormality
@@ -92,7 +95,7 @@ def s3():
 def _reference_qc(root: Path) -> pd.DataFrame:
     """A training QC table from normal studies (soft tissue at 40 HU) with noise of 8 to 20 HU."""
     series = load_params(REPO / "params.yaml", profile="tiny")["series"]
-    from covidnet.data.dicom import SeriesParams
+    from covidnet.data.series import SeriesParams
 
     sp = SeriesParams(**{**series, "workers": 1})
     pre = PreprocessParams(**{**PRE, "dtype": "float16", "body_hu": -500.0, "lung_hu": [-950.0, -400.0], "workers": 1})
@@ -364,7 +367,7 @@ def _lung_phantom(lesions: bool = True, noise: float = 15.0, seed: int = 0):
 def test_lesion_fractions_on_phantom(tmp_path, lesions):
     """Known lesion volumes, written as DICOM and read back through the serving path: the GGO and
     consolidation fractions agree with the truth within 0.002 absolute (truth ~0.026 and ~0.011)."""
-    from covidnet.data.dicom import SeriesParams
+    from covidnet.data.series import SeriesParams
 
     vol, ggo, cons = _lung_phantom(lesions)
     write_series(tmp_path / "ph", vol, (2.5, 2.5, 2.5), header=SeriesHeader(uid_entropy=f"ph{lesions}"))

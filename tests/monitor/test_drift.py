@@ -9,7 +9,7 @@ import pytest
 
 from covidnet.monitor.drift import (SCORE, DriftParams, bin_fractions, ks, psi, quantile_edges, series_drift, table_series,
                             window_verdict)
-from covidnet.monitor.report import monitor_params
+from covidnet.monitor.params import monitor_params
 from covidnet.params import ParamsError, load_params
 from support import REPO
 

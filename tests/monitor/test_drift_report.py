@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from covidnet.cli import main as cli
-from covidnet.monitor.report import ALARM_EXIT, drift_report, find_reference, monitor_params, parse_time, time_window
+from covidnet.monitor.params import monitor_params
+from covidnet.monitor.report import ALARM_EXIT, drift_report, find_reference
+from covidnet.monitor.window import parse_time, time_window
 from covidnet.params import load_params
 from covidnet.monitor.predlog import Prediction, PredictionLog, hash_id
 from covidnet.preprocess.stage import QC_VALUES

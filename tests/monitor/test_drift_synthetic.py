@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from covidnet.cli import main as cli
-from covidnet.monitor.report import monitor_params
+from covidnet.monitor.params import monitor_params
 from covidnet.params import load_params
 from covidnet.monitor.predlog import Prediction, PredictionLog
 from covidnet.preprocess.stage import QC_VALUES

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from covidnet.params import ParamsError, load_params
-from covidnet.monitor.predlog import (INSECURE_KEY, LogParams, Prediction, PredictionLog, PredLogError, hash_id,
-                              predictions_from_answers, resolve_key, resolve_url)
+from covidnet.monitor.params import LogParams
+from covidnet.monitor.predlog import (INSECURE_KEY, Prediction, PredictionLog, PredLogError, hash_id, predictions_from_answers, resolve_key, resolve_url)
 from covidnet.preprocess.stage import QC_VALUES
 from support import REPO
 

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from covidnet.monitor.report import monitor_params
+from covidnet.monitor.params import monitor_params
 from covidnet.monitor.prometheus import MonitorMetrics
 from covidnet.params import load_params
 from covidnet.monitor.reference import load_reference

@@ -19,7 +19,8 @@ from covidnet.model.card import ModelCard
 from covidnet.model.inference import score, sigmoid
 from covidnet.preprocess.stage import QC_VALUES
 from covidnet.monitor.reference import ReferenceProfileError, load_reference, reference_tables
-from covidnet.serve.bundle import ServeParams, load_qc_reference, qc_reference
+from covidnet.serve.answer import load_qc_reference, qc_reference
+from covidnet.serve.params import ServeParams
 from covidnet.train.loop import train_model
 from support.train import PRE, TINY, qc_csv, tiny_cohort, train_params, train_paths
 from support import REPO

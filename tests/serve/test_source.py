@@ -25,7 +25,8 @@ from covidnet.promote.gate import PromoteParams
 from covidnet.promote.registry import CHAMPION
 from covidnet.promote.stage import promote
 from covidnet.model.card import ModelCard
-from covidnet.serve.bundle import ServeParams, load_bundle
+from covidnet.serve.bundle import load_bundle
+from covidnet.serve.params import ServeParams
 from covidnet.serve.client import send_study
 from covidnet.serve.source import ModelSourceError, fetch_model, parse_model_uri
 from covidnet.tracking import MlflowParams

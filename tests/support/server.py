@@ -19,7 +19,10 @@ import pytest
 import yaml
 from covidnet.params import load_params, section
 from covidnet.preprocess.stage import PreprocessParams
-from covidnet.serve.bundle import ServeInputError, ServeParams, load_bundle, results, tensor_batch
+from covidnet.serve.answer import results
+from covidnet.serve.bundle import load_bundle
+from covidnet.serve.params import ServeParams
+from covidnet.serve.study import ServeInputError, tensor_batch
 from covidnet.serve.client import PredictError, send_study, v2_zip_request, zip_folder
 from covidnet.serve.study import extract_zip, studies_from_folder
 from covidnet.serve.lesions import lung_abnormality

@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 import torch
 from covidnet.model.builders import ModelParams
-from covidnet.train.loop import (ResumeError, TrainDataError, TrainParams, TrainPaths, load_checkpoint, train_model)
+from covidnet.train.checkpoint import load_checkpoint
+from covidnet.train.loop import train_model
+from covidnet.train.params import ResumeError, TrainDataError, TrainParams, TrainPaths
 import dataclasses
 import json
 import sys
@@ -26,7 +28,8 @@ from covidnet.model.card import ModelCard
 from covidnet.model.inference import score, sigmoid
 from covidnet.preprocess.stage import QC_VALUES
 from covidnet.monitor.reference import ReferenceProfileError, load_reference, reference_tables
-from covidnet.serve.bundle import ServeParams, load_qc_reference, qc_reference
+from covidnet.serve.answer import load_qc_reference, qc_reference
+from covidnet.serve.params import ServeParams
 from covidnet.train.loop import train_model
 
 

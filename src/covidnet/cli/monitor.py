@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     """Carry out ``covidnet monitor ACTION``; returns the exit status."""
     from covidnet.monitor.report import ALARM_EXIT
     from covidnet.params import is_synthetic, load_params
+    from covidnet.paths import Paths
 
     params = load_params(args.params, profile=args.profile)
     if args.action == "feedback":
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.file is not None:
         raise InputError(f"monitor {args.action}: takes no FILE argument (got {args.file})")
-    out = args.out or Path(params["paths"]["monitor"])
+    out = args.out or Paths.from_params(params).monitor
     synthetic = " (SYNTHETIC data)" if is_synthetic(params) else ""
     if args.action == "drift":
         from covidnet.monitor.report import run_drift

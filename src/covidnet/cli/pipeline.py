@@ -137,14 +137,14 @@ def _pytorchjob(args: Any) -> int:
     import yaml
 
     from covidnet.atomic import write_text
-    from covidnet.params import load_params
+    from covidnet.params import load_params, profile_name
     from covidnet.kfp.params import pipeline_params
     from covidnet.kfp.pytorchjob import pytorchjob_manifest
 
     params = load_params(args.params, profile=args.profile)
     settings = pipeline_params(params)
     workdir = args.workdir or str(Path(settings.pytorchjob.mount_path) / args.name)
-    manifest = pytorchjob_manifest(settings.pytorchjob, settings.secrets, name=args.name, profile=params["profile"],
+    manifest = pytorchjob_manifest(settings.pytorchjob, settings.secrets, name=args.name, profile=profile_name(params),
                                    workdir=workdir, namespace=args.namespace)
     text = yaml.safe_dump(manifest, sort_keys=False)
     if args.out:

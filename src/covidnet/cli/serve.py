@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         kserve_model.main(argv)
         return 0
     from covidnet.params import load_params, section
-    from covidnet.serve.bundle import ServeParams
+    from covidnet.serve.params import ServeParams
     from covidnet.serve.client import send_study
 
     model = args.model or section(load_params(args.params), "serve", ServeParams).model_name

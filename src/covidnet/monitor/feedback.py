@@ -312,8 +312,11 @@ def run_performance(params: dict[str, Any], since: str | None = None, until: str
     the report goes to ``performance.json``/``.html`` in ``out_dir`` (default ``paths.monitor``).
     """
     from covidnet.evaluate.params import EvaluateParams
-    from covidnet.monitor.report import monitor_params, time_window, write_report
+    from covidnet.monitor.params import monitor_params
+    from covidnet.monitor.report import write_report
+    from covidnet.monitor.window import time_window
     from covidnet.params import is_synthetic, section
+    from covidnet.paths import Paths
     from covidnet.monitor.predlog import PredictionLog
     from covidnet.promote.gate import PromoteParams
 
@@ -327,5 +330,5 @@ def run_performance(params: dict[str, Any], since: str | None = None, until: str
     report = performance_report(joined, section(params, "evaluate", EvaluateParams),
                                 section(params, "promote", PromoteParams), start, end,
                                 synthetic=is_synthetic(params))
-    write_report(report, performance_blocks(report), out_dir or params["paths"]["monitor"], "performance")
+    write_report(report, performance_blocks(report), out_dir or Paths.from_params(params).monitor, "performance")
     return report

@@ -44,9 +44,10 @@ from typing import Any
 
 import pandas as pd
 
-from covidnet.params import ParamsError, is_synthetic
+from covidnet.params import is_synthetic
 from covidnet.preprocess.stage import QC_VALUES
 from covidnet.errors import CovidnetError
+from covidnet.monitor.params import LogParams
 
 log = logging.getLogger(__name__)
 
@@ -58,27 +59,6 @@ MIN_KEY_BYTES = 16
 
 class PredLogError(CovidnetError, RuntimeError):
     """The prediction log cannot be used: unreachable database, missing key; the message says which."""
-
-
-@dataclass(frozen=True)
-class LogParams:
-    """The ``monitor.log`` section of params.yaml."""
-
-    url: str | None                  # SQLAlchemy URL; None: SQLite at paths.predlog
-    url_env: str                     # environment variable overriding url
-    key_env: str                     # environment variable holding the HMAC key
-    allow_insecure_key: bool         # synthetic demo: a public key when key_env is unset
-    busy_timeout_s: float            # SQLite: how long a writer waits for the lock
-
-    def __post_init__(self) -> None:
-        for name in ("url_env", "key_env"):
-            value = getattr(self, name)
-            if not value or not value.replace("_", "a").isalnum():
-                raise ParamsError(f"monitor.log.{name} must name an environment variable, got {value!r}")
-        if not self.busy_timeout_s > 0:
-            raise ParamsError(f"monitor.log.busy_timeout_s must be > 0, got {self.busy_timeout_s!r}")
-        if self.url is not None and not self.url.strip():
-            raise ParamsError("monitor.log.url must be a SQLAlchemy URL or null, got ''")
 
 
 def resolve_url(params: LogParams, sqlite_path: Path | str) -> str:
@@ -292,11 +272,12 @@ class PredictionLog:
             with_key: resolve the hash key (:func:`resolve_key`); readers such as the drift
                 report need none.
         """
-        from covidnet.monitor.report import monitor_params
+        from covidnet.monitor.params import monitor_params
+        from covidnet.paths import Paths
 
         lp = monitor_params(params).log
         key = resolve_key(lp, is_synthetic(params)) if with_key else None
-        return cls(resolve_url(lp, params["paths"]["predlog"]), key, lp.busy_timeout_s)
+        return cls(resolve_url(lp, Paths.from_params(params).predlog), key, lp.busy_timeout_s)
 
     def close(self) -> None:
         """Release the connections."""

@@ -44,7 +44,7 @@ class MonitorMetrics:
         model_name, model_version: label values of every series.
         reference: the model's reference profile (:class:`covidnet.monitor.reference.Reference`), or
             None (no drift gauges then, only counts).
-        params: :class:`covidnet.monitor.report.MonitorParams` (drift rule, window size, bins).
+        params: :class:`covidnet.monitor.params.MonitorParams` (drift rule, window size, bins).
         registry: where to register; default ``prometheus_client.REGISTRY`` (what KServe serves).
     """
 

@@ -10,7 +10,7 @@ called COVID-19) beside the validation one. The report is written as ``drift.jso
 ``drift.html`` (atomically) and its ``alarm`` is what ``covidnet monitor drift`` turns into
 exit status 3 for alerting.
 
-The monitor's parameters are the ``monitor`` section of params.yaml (:class:`MonitorParams`).
+The monitor's parameters are the ``monitor`` section of params.yaml (:mod:`covidnet.monitor.params`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,11 @@ import numpy as np
 import pandas as pd
 
 from covidnet.monitor.drift import DriftParams, table_series, window_verdict
-from covidnet.params import ParamsError, is_synthetic
-from covidnet.monitor.predlog import LogParams
+from covidnet.monitor.params import monitor_params
+from covidnet.monitor.window import time_window
+from covidnet.params import is_synthetic
+from covidnet.paths import Paths
 from covidnet.monitor.reference import Reference, ReferenceProfileError, load_reference
-from covidnet.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -37,69 +37,7 @@ log = logging.getLogger(__name__)
 ALARM_EXIT = 3
 
 
-@dataclass(frozen=True)
-class FeedbackParams:
-    """The ``monitor.feedback`` section of params.yaml."""
-
-    pcr_max_days: int                  # a PCR result labels its patient's predictions within this many days
-    window_days: float                 # `covidnet monitor performance` default window: the last N days
-
-    def __post_init__(self) -> None:
-        if self.pcr_max_days < 0:
-            raise ParamsError(f"monitor.feedback.pcr_max_days must be >= 0, got {self.pcr_max_days!r}")
-        if not self.window_days > 0:
-            raise ParamsError(f"monitor.feedback.window_days must be > 0, got {self.window_days!r}")
-
-
-@dataclass(frozen=True)
-class MonitorParams:
-    """The ``monitor`` section of params.yaml."""
-
-    log: LogParams
-    drift: DriftParams
-    metrics_window: int                # /metrics: rolling drift over the last N answered studies
-    feedback: FeedbackParams
-
-    def __post_init__(self) -> None:
-        if self.metrics_window < self.drift.min_window:
-            raise ParamsError(f"monitor.metrics_window {self.metrics_window!r} must be >= monitor.drift.min_window "
-                              f"{self.drift.min_window} (else the /metrics alarm can never be judged)")
-
-
-def monitor_params(params: dict[str, Any]) -> MonitorParams:
-    """The ``monitor`` section of merged params (errors name the file and the dotted key)."""
-    from covidnet.params import section
-
-    return section(params, "monitor", MonitorParams)
-
-
 # --- time windows ------------------------------------------------------------------------------
-
-def parse_time(text: str, what: str = "time") -> dt.datetime:
-    """An ISO 8601 date or date-time as an aware UTC datetime (naive input is taken as UTC).
-
-    Raises:
-        ValueError: naming ``what`` and the text.
-    """
-    try:
-        t = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except (AttributeError, ValueError):
-        raise InputError(f"{what}: {text!r} is not an ISO 8601 date or time (e.g. 2024-05-01T08:00:00Z)") from None
-    return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
-
-
-def time_window(since: str | None, until: str | None, hours: float,
-                now: dt.datetime | None = None) -> tuple[dt.datetime, dt.datetime]:
-    """``[since, until)``: ``until`` defaults to now, ``since`` to ``hours`` before ``until``.
-
-    Raises:
-        ValueError: unparseable times, or ``since`` not before ``until``.
-    """
-    end = parse_time(until, "--until") if until else (now or dt.datetime.now(dt.timezone.utc))
-    start = parse_time(since, "--since") if since else end - dt.timedelta(hours=hours)
-    if not start < end:
-        raise InputError(f"--since {start.isoformat()} must be before --until {end.isoformat()}")
-    return start, end
 
 
 # --- references --------------------------------------------------------------------------------
@@ -295,8 +233,8 @@ def run_drift(params: dict[str, Any], since: str | None = None, until: str | Non
         rows = plog.predictions(since=start, until=end)
     finally:
         plog.close()
-    dirs = model_dirs if model_dirs is not None else [Path(params["paths"]["model"])]
+    dirs = model_dirs if model_dirs is not None else [Paths.from_params(params).model]
     report = drift_report(rows, mp.drift, start, end, dirs, mlflow_params(params) if use_mlflow else None,
                           synthetic=is_synthetic(params))
-    write_report(report, drift_blocks(report), out_dir or params["paths"]["monitor"], "drift")
+    write_report(report, drift_blocks(report), out_dir or Paths.from_params(params).monitor, "drift")
     return report

@@ -66,7 +66,7 @@ class ServingMonitor:
             PredLogError: the log's database cannot be reached, or no hash key (the server must
                 not become ready).
         """
-        from covidnet.monitor.report import monitor_params
+        from covidnet.monitor.params import monitor_params
         from covidnet.monitor.prometheus import MonitorMetrics
         from covidnet.monitor.reference import ReferenceProfileError, load_reference
 

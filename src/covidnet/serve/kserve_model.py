@@ -16,12 +16,15 @@ import torch
 from kserve import InferOutput, InferRequest, InferResponse
 from kserve.errors import InvalidInput
 
-from covidnet.serve import bundle as core
 from covidnet.monitor.serving import FEEDBACK_ROUTE, ServingMonitor, feedback_endpoint, request_hospital
 from covidnet.params import load_params, section
 from covidnet.model.inference import score
+from covidnet.serve.answer import results
+from covidnet.serve.bundle import load_bundle
 from covidnet.serve.http import BodyLimit
+from covidnet.serve.params import ServeParams
 from covidnet.serve.request import request_studies
+from covidnet.serve.study import ServeInputError
 from covidnet.serve.source import fetch_model
 from covidnet.tracking import mlflow_params
 
@@ -34,7 +37,7 @@ class COVIDNetModel(kserve.Model):
 
     def load(self) -> bool:
         self.source = fetch_model(self.model_uri, mlflow_params(self.params).tracking_uri)
-        self.bundle = core.load_bundle(self.source, self.params, self.name)
+        self.bundle = load_bundle(self.source, self.params, self.name)
         self.monitor = ServingMonitor.open(self.params, self.bundle)  # log unreachable: raises, never ready
         score(self.bundle.net, [torch.zeros((1, *self.bundle.shape))], self.bundle.device)  # warm-up
         self.ready = True
@@ -47,7 +50,7 @@ class COVIDNetModel(kserve.Model):
     def _preprocess(self, payload, content_type) -> dict:
         try:
             studies = request_studies(payload, self.bundle, content_type)
-        except core.ServeInputError as exc:
+        except ServeInputError as exc:
             raise InvalidInput(str(exc)) from None
         return {"x": np.stack([s.tensor for s in studies]), "info": [s.info for s in studies],
                 "v2": isinstance(payload, InferRequest), "id": getattr(payload, "id", None),
@@ -58,7 +61,7 @@ class COVIDNetModel(kserve.Model):
         return {**payload, "logits": logits}
 
     async def postprocess(self, result: dict, headers=None, response_headers=None):
-        out = core.results(result["logits"], self.bundle, result["info"])  # the per-study answers
+        out = results(result["logits"], self.bundle, result["info"])  # the per-study answers
         # Logged (committed) and counted before the answer leaves; a failed write fails the request.
         await asyncio.to_thread(self.monitor.record, out, result["info"], result["id"], result["hospital"])
         if not result["v2"]:
@@ -84,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args, _ = build_parser().parse_known_args(argv)
     params = load_params(args.params, profile=args.profile)
-    sp = section(params, "serve", core.ServeParams)
+    sp = section(params, "serve", ServeParams)
     # KServe's --model_name defaults to "model": then the name comes from serve.model_name.
     name = args.model_name if args.model_name != "model" else sp.model_name
     model = COVIDNetModel(name, args.model_dir or args.model_uri or sp.model_uri, params)

@@ -15,7 +15,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-    from covidnet.serve.bundle import ServeParams
+    from covidnet.serve.params import ServeParams
 
 
 def lesion_sample(files: pd.DataFrame, root: Path | str, shape: tuple[int, int], params: ServeParams) -> np.ndarray:
@@ -35,7 +35,7 @@ def lesion_sample(files: pd.DataFrame, root: Path | str, shape: tuple[int, int],
     Returns:
         ``(S, H', W')`` float32 in HU, ``S <= lesion_max_slices``.
     """
-    from covidnet.data.dicom import read_volume_hu
+    from covidnet.data.pixels import read_volume_hu
 
     take = np.unique(np.linspace(0, len(files) - 1, min(len(files), params.lesion_max_slices)).round().astype(int))
     step = max(1, -(-max(shape) // params.lesion_max_px))
@@ -49,11 +49,11 @@ def lung_abnormality(hu: np.ndarray, body_hu: float, params: ServeParams) -> dic
     """Ground-glass and consolidation fractions of the lung volume, by HU thresholds.
 
     The lung mask: body = HU > ``body_hu`` with holes filled slice by slice; aerated lung =
-    body voxels in ``params.lung_hu`` (air below its low end, i.e. trachea and outside air, is
+    body voxels in ``params.aerated_lung_hu`` (air below its low end, i.e. trachea and outside air, is
     left out); its 3D connected regions of at least ``lung_min_component`` of the largest one;
     then, slice by slice, a closing of ``lung_closing_px`` and hole filling, so that lesions
     surrounded by lung (or in a small dent of its edge) join it; finally only voxels from the low
-    end of ``lung_hu`` to the top of ``consolidation_hu`` are kept. Vessels inside the lung are
+    end of ``aerated_lung_hu`` to the top of ``consolidation_hu`` are kept. Vessels inside the lung are
     counted (as consolidation); lesions broadly touching the chest wall are partly missed; no
     lobar split. Validated on synthetic phantoms only.
 
@@ -71,7 +71,7 @@ def lung_abnormality(hu: np.ndarray, body_hu: float, params: ServeParams) -> dic
     plane = np.zeros((3, 3, 3), bool)
     plane[1] = ndimage.generate_binary_structure(2, 1)
     body = ndimage.binary_fill_holes(hu > body_hu, structure=plane)
-    aerated = body & (hu >= params.lung_hu[0]) & (hu <= params.lung_hu[1])
+    aerated = body & (hu >= params.aerated_lung_hu[0]) & (hu <= params.aerated_lung_hu[1])
     labels, n = ndimage.label(aerated)
     if n == 0:
         return {"lung_voxels": 0, "ggo_fraction": None, "consolidation_fraction": None, "abnormal_fraction": None}
@@ -85,7 +85,7 @@ def lung_abnormality(hu: np.ndarray, body_hu: float, params: ServeParams) -> dic
         pad = params.lung_closing_px
         lung = ndimage.binary_closing(np.pad(lung, ((0, 0), (pad, pad), (pad, pad))), structure=disk)[:, pad:-pad, pad:-pad]
     lung = ndimage.binary_fill_holes(lung, structure=plane) & body
-    lung &= (hu >= params.lung_hu[0]) & (hu <= params.consolidation_hu[1])
+    lung &= (hu >= params.aerated_lung_hu[0]) & (hu <= params.consolidation_hu[1])
     total = int(lung.sum())
     ggo = int((lung & (hu >= params.ggo_hu[0]) & (hu <= params.ggo_hu[1])).sum())
     cons = int((lung & (hu >= params.consolidation_hu[0]) & (hu <= params.consolidation_hu[1])).sum())

@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from covidnet.serve.bundle import Bundle, ServeInputError, Study, tensor_batch
+from covidnet.serve.bundle import Bundle
+from covidnet.serve.study import ServeInputError, Study, tensor_batch
 
 #: Content types of a raw study zip body.
 ZIP_CONTENT_TYPES = ("application/zip", "application/x-zip-compressed")

@@ -19,14 +19,52 @@ import binascii
 import io
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from covidnet.data.dicom import SeriesParams, SeriesReadError, index_tree
+from covidnet.data.pixels import SeriesReadError
+from covidnet.data.series import SeriesParams, index_tree
 from covidnet.preprocess.stage import PreprocessParams, preprocess_series
-from covidnet.serve.bundle import Bundle, ServeInputError, ServeParams, Study
+from covidnet.errors import CovidnetError
+from covidnet.serve.params import ServeParams
+
+if TYPE_CHECKING:
+    from covidnet.serve.bundle import Bundle
+
+
+class ServeInputError(CovidnetError, ValueError):
+    """A request the model cannot answer; the message names the offending part."""
+
+
+@dataclass(frozen=True)
+class Study:
+    """One study ready for the network: its tensor ``(1, D, C, C)`` float32 and what to report."""
+
+    tensor: np.ndarray
+    info: dict[str, Any]
+
+
+def tensor_batch(array: Any, shape: tuple[int, ...], label: str = "tensor") -> np.ndarray:
+    """A batch ``(B, 1, D, C, C)`` float32 from an array of that shape or one ``(1, D, C, C)``.
+
+    Raises:
+        ServeInputError: wrong shape (the expected one is named), not numeric, not finite.
+    """
+    try:
+        x = np.asarray(array, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ServeInputError(f"{label}: not a numeric array ({exc})") from None
+    if x.shape == tuple(shape):
+        x = x[None]
+    if x.ndim != len(shape) + 1 or x.shape[1:] != tuple(shape) or x.shape[0] == 0:
+        raise ServeInputError(f"{label}: shape {list(x.shape)} does not match the model's input "
+                              f"[B, {', '.join(map(str, shape))}] (from the model card)")
+    if not np.isfinite(x).all():
+        raise ServeInputError(f"{label}: holds NaN or infinite values")
+    return x
 
 
 def extract_zip(data: bytes | memoryview, dest: Path | str, params: ServeParams, label: str = "zip") -> int:

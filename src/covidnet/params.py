@@ -10,14 +10,19 @@ configuration at once. Each stage reads its own section into a frozen dataclass 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import types
 import typing
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from covidnet.errors import CovidnetError
 
+log = logging.getLogger(__name__)
+
+#: The params file every command reads by default (``--params``), relative to the working folder.
 DEFAULT_PARAMS = Path("params.yaml")
 
 T = TypeVar("T")
@@ -37,18 +42,32 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
     return out
 
 
+def params_file(path: Path | str = DEFAULT_PARAMS) -> Path:
+    """The params file to read: ``path``, except that the default ``params.yaml``, when the working
+    folder has none, is the copy shipped inside the package (the repository's own file, with its
+    CPU-sized default profile), so an installed wheel runs from any folder."""
+    path = Path(path)
+    if path.is_file() or path != DEFAULT_PARAMS:
+        return path
+    packaged = Path(str(resources.files("covidnet") / "params.yaml"))
+    if packaged.is_file():
+        log.info("no %s in %s: using the params shipped with the package (%s)", path, Path.cwd(), packaged)
+        return packaged
+    return path
+
+
 def load_params(path: Path | str = DEFAULT_PARAMS, profile: str | None = None) -> dict[str, Any]:
     """Load ``params.yaml`` and apply the selected profile's overrides.
 
     Args:
-        path: the params file.
+        path: the params file (:func:`params_file` resolves the default).
         profile: overrides the file's own ``profile`` key when given.
 
     Returns:
         The merged parameters, with ``profile`` set to the profile applied and
         ``_source`` set to the file path (for error messages).
     """
-    path = Path(path)
+    path = params_file(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found (run from the repository root or pass --params)")
     try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from covidnet.params import DEFAULT_PARAMS
 from covidnet.errors import InputError
 
 DESCRIPTION = """\
@@ -32,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str = "monitor") -> 
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("action", choices=("drift", "feedback", "performance"), help="what to do (see above)")
     parser.add_argument("file", nargs="?", type=Path, default=None, help="feedback: the PCR results CSV")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
+                        help="params file (default: %(default)s; without one here, the package's own)")
     parser.add_argument("--profile", default=None, help="apply profiles.<NAME> from the params file")
     parser.add_argument("--since", default=None, help="window start, ISO 8601 (default: --hours before --until)")
     parser.add_argument("--until", default=None, help="window end, ISO 8601, exclusive (default: now)")

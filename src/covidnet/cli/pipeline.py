@@ -46,7 +46,7 @@ def add_arguments(parser: Any, command: str = "pipeline") -> None:
     parser.add_argument("--checkpoint-dir", default=None,
                         help="train: a folder of the train pod (a mounted PVC) or an s3://bucket/prefix keeping "
                              "checkpoints, so a retried task resumes (default: pipeline.train.checkpoint_dir; '' = none)")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", "--output", type=Path, default=None,
                         help="compile: folder for the YAML files (default: pipelines/); pytorchjob: the YAML file "
                              "(default: stdout)")
     parser.add_argument("--local", action="store_true", help="run: on this machine with kfp.local (required)")

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from covidnet.params import DEFAULT_PARAMS
+
 _SERVE = ("Start the KServe ModelServer with covidnet.serve.kserve_model in this process, serving serve.model_uri "
           "(default: the `champion` of mlflow.registered_model in the local MLflow store) or --model-dir: V1 "
           "/v1/models/NAME:predict (JSON, or a raw study zip) and V2 /v2/models/NAME/infer (DICOM study zips, s3:// "
@@ -18,7 +20,8 @@ _PREDICT = ("Zip every file under PATH (one study; any depth) and POST it to the
 
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
+                        help="params file (default: %(default)s; without one here, the package's own)")
     if command == "serve":
         parser.description = _SERVE
         parser.add_argument("--port", type=int, default=8080, help="HTTP port (default: %(default)s)")

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from covidnet.params import DEFAULT_PARAMS
 from typing import Any
 
 
@@ -153,7 +155,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     """The arguments of stage ``command``: params, profile, quiet, its path flags and its own options."""
     stage = STAGES[command]
     parser.description = stage.description
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS,
+                        help="params file (default: %(default)s; without one here, the package's own)")
     parser.add_argument("--profile", default=None,
                         help="apply profiles.<NAME> from the params file (default: its `profile` key)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from covidnet.params import DEFAULT_PARAMS, ParamsError, load_params, section
-from covidnet.kfp.params import PipelineParams, check_checkpoint_dir, parse_nproc, pipeline_params
+from covidnet.params import DEFAULT_PARAMS, ParamsError, load_params, params_file, section
+from covidnet.kfp.params import PipelineParams, check_checkpoint_dir, pipeline_params
+from covidnet.train.launch import parse_nproc
 from covidnet.errors import CovidnetError
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ def check_arguments(params_path: Path | str = DEFAULT_PARAMS, profile: str | Non
     """
     import yaml
 
-    params_path = Path(params_path)
+    params_path = params_file(params_path)
     merged = load_params(params_path, profile=profile)  # file + profile checked with the file's own name in errors
     settings = pipeline_params(merged)
     text = params_path.read_text()

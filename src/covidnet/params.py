@@ -56,12 +56,14 @@ def params_file(path: Path | str = DEFAULT_PARAMS) -> Path:
     return path
 
 
-def load_params(path: Path | str = DEFAULT_PARAMS, profile: str | None = None) -> dict[str, Any]:
+def load_params(path: Path | str = DEFAULT_PARAMS, profile: str | None = None, source: str | None = None
+                ) -> dict[str, Any]:
     """Load ``params.yaml`` and apply the selected profile's overrides.
 
     Args:
         path: the params file (:func:`params_file` resolves the default).
         profile: overrides the file's own ``profile`` key when given.
+        source: how errors name the file (default: its path).
 
     Returns:
         The merged parameters, with ``profile`` set to the profile applied and
@@ -83,8 +85,19 @@ def load_params(path: Path | str = DEFAULT_PARAMS, profile: str | None = None) -
         raise ParamsError(f"{path}: profile {name!r} is not defined under 'profiles' (known: {known})")
     merged = _deep_merge(raw, profiles.get(name, {}) or {})
     merged["profile"] = name
-    merged["_source"] = str(path)
+    merged["_source"] = source or str(path)
     return merged
+
+
+def override(params: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Merged params with ``{section: {key: value}}`` laid over them; ``None`` values are skipped
+    (a pipeline parameter left unset keeps the file's value). ``params`` is not changed."""
+    out = dict(params)
+    for name, values in overrides.items():
+        kept = {k: v for k, v in values.items() if v is not None}
+        if kept:
+            out[name] = {**out.get(name, {}), **kept}
+    return out
 
 
 def profile_name(params: dict[str, Any]) -> str:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from covidnet.params import DEFAULT_PARAMS, ParamsError, load_params, params_file, section
+from covidnet.params import DEFAULT_PARAMS, ParamsError, load_params, override, params_file, section
 from covidnet.kfp.params import PipelineParams, check_checkpoint_dir, pipeline_params
 from covidnet.train.launch import parse_nproc
 from covidnet.errors import CovidnetError
@@ -95,12 +95,9 @@ def stage_params(params_yaml: str, profile: str, overrides: dict[str, dict[str, 
     with tempfile.TemporaryDirectory(prefix="covidnet-params-") as tmp:
         path = Path(tmp) / "params.yaml"
         path.write_text(params_yaml)
-        params = load_params(path, profile=profile or None)
-    params["_source"] = f"params_yaml (profile {params['profile']})"
-    for name, values in (overrides or {}).items():
-        kept = {k: v for k, v in values.items() if v is not None}
-        if kept:
-            params[name] = {**params.get(name, {}), **kept}
+        source = f"params_yaml (profile {profile})" if profile else "params_yaml"
+        params = load_params(path, profile=profile or None, source=source)
+    params = override(params, overrides or {})
     # The sections the pipeline overrides are checked here, where the arguments enter.
     from covidnet.promote.gate import PromoteParams
 

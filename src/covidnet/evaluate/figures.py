@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from covidnet.evaluate.metrics import (CLASSES, FIGURES, agreement_indicators, bootstrap, brier_score, cell_counts,
+from covidnet.data.cohort import LABELS
+from covidnet.evaluate.metrics import (FIGURES, agreement_indicators, bootstrap, brier_score, cell_counts,
                                        confusion_indicators, expected_calibration_error, figure, kappa_from_counts, rates, score_stat,
                                        undefined_reason)
 from covidnet.evaluate.params import EvaluateParams
@@ -34,7 +35,7 @@ def _nested(point: dict, samples: dict, prefix: str, params: EvaluateParams) -> 
     out: dict[str, Any] = {"accuracy": fig("accuracy")}
     if prefix + "auc" in point:
         out["auc"] = fig("auc")
-    for cls in CLASSES:
+    for cls in LABELS:
         out[cls] = {f: fig(f"{cls}.{f}") for f in FIGURES}
     return out
 
@@ -160,7 +161,7 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         for key in ("accuracy", "auc"):
             if key in block:
                 put(f"{prefix}_{key}", block[key])
-        for cls in CLASSES:
+        for cls in LABELS:
             for f in FIGURES:
                 put(f"{prefix}_{cls}_{f}", block[cls][f])
         out.update({f"{prefix}_{k}": v for k, v in block["confusion"].items()})

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-CLASSES = ("covid", "non_covid")
 FIGURES = ("sensitivity", "specificity", "ppv", "npv", "f1")
 CALIBRATORS = ("none", "temperature", "isotonic")
 

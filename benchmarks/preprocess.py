@@ -70,7 +70,8 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from covidnet.data.dicom import SeriesParams, assess_series, files_frame, find_files, read_header, read_headers
+    from covidnet.data.dicom import find_files, read_header, read_headers
+    from covidnet.data.series import SeriesParams, assess_series, files_frame
     from covidnet.preprocess.stage import PreprocessParams, clip_scale, crop_start, preprocess_series
     from covidnet.synthetic.dicom_writer import write_benchmark_series
 

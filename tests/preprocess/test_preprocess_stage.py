@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covidnet.data.dicom import SeriesParams, SeriesReadError, index_tree, read_volume_hu
+from covidnet.data.pixels import SeriesReadError, read_volume_hu
+from covidnet.data.series import SeriesParams, index_tree
 from covidnet.preprocess.stage import QC_VALUES, PreprocessParams, clip_scale, preprocess_cohort, preprocess_series, resize_crop
 from covidnet.synthetic.dicom_writer import SeriesHeader, write_series
 

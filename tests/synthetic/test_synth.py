@@ -11,9 +11,10 @@ import pydicom
 import pytest
 
 from covidnet.data.cohort import LABELS, PATIENT_COLUMNS, SCAN_COLUMNS, read_manifest
-from covidnet.params import ParamsError, load_params, section
+from covidnet.params import load_params, section
 from covidnet.synthetic.dicom_writer import CODECS, SeriesHeader, write_series
-from covidnet.synthetic.synth import PLANTED_FILE, SynthParams, synthesize
+from covidnet.synthetic.params import SynthParams
+from covidnet.synthetic.synth import PLANTED_FILE, synthesize
 from support import REPO
 
 PARAMS_FILE = REPO / "params.yaml"
@@ -177,35 +178,3 @@ def test_encoding_round_trip_exact(tmp_path: Path, codec: str, intercept: float,
 def test_write_series_rejects_unknown_codec(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="codec: 'jpg'"):
         write_series(tmp_path, np.zeros((2, 4, 4)), (1.0, 1.0, 1.0), codec="jpg")
-
-
-def _raw_synth() -> dict:
-    return load_params(PARAMS_FILE, profile="tiny")
-
-
-@pytest.mark.parametrize(
-    ("path", "value", "message"),
-    [
-        (("difficulty",), 1.5, "synth.difficulty: 1.5 is outside [0, 1]"),
-        (("difficulty",), -0.1, "synth.difficulty: -0.1 is outside [0, 1]"),
-        (("hospitals", 1, "codec"), "jpg", "synth.hospitals[1].codec: 'jpg' is not one of rle, jpeg_ls, jpeg2000, none"),
-        (("hospitals", 0, "pixel_representation"), 2, "synth.hospitals[0].pixel_representation: 2"),
-        (("scans_per_patient",), [3, 1], "synth.scans_per_patient: [3, 1]"),
-        (("n_patients",), 2, "synth.exclusion_cases: 4 planted patients exceed synth.n_patients=2"),
-    ],
-)
-def test_params_validated(path: tuple, value: object, message: str) -> None:
-    params = _raw_synth()
-    node = params["synth"]
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
-    with pytest.raises(ValueError) as info:
-        section(params, "synth", SynthParams)
-    assert message in str(info.value)
-    assert isinstance(info.value, ParamsError)
-
-
-def test_params_yaml_synth_section_matches_dataclass() -> None:
-    params = section(load_params(PARAMS_FILE), "synth", SynthParams)
-    assert params.n_patients == 60 and len(params.hospitals) == 4

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from covidnet.atomic import atomic_path, write_csv
-from covidnet.data.dicom import SeriesReadError, read_stored, to_hu
+from covidnet.data.pixels import SeriesReadError, read_stored, to_hu
 from covidnet.errors import InputError
 
 log = logging.getLogger(__name__)

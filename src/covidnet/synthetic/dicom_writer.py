@@ -19,7 +19,9 @@ import pydicom
 import pydicom.uid
 from pydicom.dataset import FileDataset, FileMetaDataset
 
-from covidnet.synthetic import phantom
+from covidnet.synthetic.anatomy import covid_findings, random_anatomy
+from covidnet.synthetic.phantom import draw_chest
+
 CODECS = {
     "rle": pydicom.uid.RLELossless,
     "jpeg_ls": pydicom.uid.JPEGLSLossless,
@@ -322,10 +324,10 @@ def write_benchmark_series(out_dir: Path, *, matrix: int = 512, n_slices: int = 
     """
     rng = np.random.default_rng(seed)
     thickness = 1.0
-    anatomy = phantom.random_anatomy(rng, n_slices * thickness)
-    findings = phantom.covid_findings(rng, anatomy, consolidation=True)
+    anatomy = random_anatomy(rng, n_slices * thickness)
+    findings = covid_findings(rng, anatomy, consolidation=True)
     spacing = (thickness, 360.0 / matrix, 360.0 / matrix)
-    volume = phantom.draw_chest((n_slices, matrix, matrix), spacing, anatomy, findings, noise_hu=15.0, rng=rng)
+    volume = draw_chest((n_slices, matrix, matrix), spacing, anatomy, findings, noise_hu=15.0, rng=rng)
     folder = Path(out_dir) / "series"
     write_series(folder, volume, spacing, header=SeriesHeader(uid_entropy=f"benchmark-{seed}-{matrix}-{n_slices}"))
     return folder

@@ -33,7 +33,7 @@ def run_validate(params: dict[str, Any], paths, progress: bool = True) -> Valida
     results go to ``paths.validation``.
     """
     from covidnet.data.cohort import read_manifest
-    from covidnet.data.dicom import SeriesParams, index_tree
+    from covidnet.data.series import SeriesParams, index_tree
     from covidnet.data.index import write_index
     from covidnet.params import is_synthetic, section
     from covidnet.validate.suites import ValidateParams, validate_cohort
@@ -44,7 +44,7 @@ def run_validate(params: dict[str, Any], paths, progress: bool = True) -> Valida
     known = None
     vparams = section(params, "validate", ValidateParams)
     if is_synthetic(params) and vparams.hospitals_known:
-        from covidnet.synthetic.synth import SynthParams
+        from covidnet.synthetic.params import SynthParams
 
         known = [h.name for h in section(params, "synth", SynthParams).hospitals]
     report = validate_cohort(manifest, index.series, vparams, paths.validation, known_hospitals=known)

@@ -103,7 +103,7 @@ def test_train_component_runs_torchrun_over_two_processes(tmp_path, monkeypatch,
 
 def _last_checkpoint(location: str, s3, into: Path):
     """The newest ``train-*/last.pt`` under a folder or an s3:// prefix: (its folder or prefix, epoch), or None."""
-    from covidnet.train.loop import load_checkpoint
+    from covidnet.train.checkpoint import load_checkpoint
 
     if not location.startswith("s3://"):
         found = list(Path(location).glob("train-*/last.pt"))

@@ -1,7 +1,8 @@
-"""Training: smoke run, kill-and-resume, two-process DDP, MLflow round trip, bad input.
+"""Training: smoke run, micro-batches, kill-and-resume, two-process DDP, MLflow round trip, bad input.
 
 Tensors are written directly (a learnable toy signal on tiny (1, 8, 24, 24) volumes) so the
-tests exercise training, not the data stages.
+tests exercise training, not the data stages. The step plan and the checkpoints have their
+own unit tests (test_step_plan.py, test_checkpoint.py).
 """
 
 import json
@@ -17,17 +18,11 @@ import pandas as pd
 import pytest
 import torch
 
-from covidnet.model.builders import ModelParams
-from covidnet.train.loop import (ResumeError, TrainDataError, TrainParams, TrainPaths, load_checkpoint, train_model)
-from support.train import PRE, SHAPE, TINY, tiny_cohort, train_params, train_paths
+from covidnet.train.checkpoint import load_checkpoint
+from covidnet.train.loop import train_model
+from covidnet.train.params import TrainDataError, TrainPaths
 from support import REPO
-
-
-
-
-
-
-
+from support.train import PRE, SHAPE, TINY, tiny_cohort, train_params, train_paths
 
 
 def test_smoke_loss_falls_and_outputs_written(tmp_path):
@@ -76,18 +71,6 @@ def test_micro_batches_match_the_full_batch(tmp_path):
         runs[mb] = (_last(p), pd.read_csv(p.report / "curve.csv"))
     for mb in (2, 1):
         _assert_same_training(runs[None][0], runs[mb][0], runs[None][1], runs[mb][1])
-
-
-def test_resume_refuses_other_settings(tmp_path):
-    index = tiny_cohort(tmp_path / "pre")
-    paths = train_paths(tmp_path)
-    train_model(index, paths, TINY, train_params(epochs=1), PRE, progress=False)
-    with pytest.raises(ResumeError, match=r"train.learning_rate: checkpoint 0.001, now 0.01"):
-        train_model(index, paths, TINY, train_params(epochs=2, learning_rate=1e-2), PRE, resume="always", progress=False)
-    # auto: starts afresh instead
-    r = train_model(index, paths, TINY, train_params(epochs=1, learning_rate=1e-2), PRE, resume="auto", progress=False)
-    assert r.resumed_from == 0
-    assert "world_size" in load_checkpoint(paths.checkpoints / "last.pt")["config"]
 
 
 @pytest.mark.parametrize("defect,message", [("shape", r"scan train03: tensor shape \(1, 8, 24, 20\)"),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from covidnet.params import ParamsError, section
+from covidnet.train.launch import parse_nproc
 
 _CPU = re.compile(r"^([0-9]+(\.[0-9]+)?|[0-9]+m)$")
 _MEMORY = re.compile(r"^[0-9]+(\.[0-9]+)?(E|P|T|G|M|K|Ei|Pi|Ti|Gi|Mi|Ki)?$")
@@ -89,19 +90,6 @@ class RetryParams:
         if self.max_backoff_s < self.backoff_s:
             raise ParamsError(f"pipeline.retry.max_backoff_s: {self.max_backoff_s} is below backoff_s "
                               f"({self.backoff_s})")
-
-
-def parse_nproc(value: int | str, key: str = "pipeline.train.nproc_per_node") -> int | str:
-    """``"auto"`` or a positive process count (``4`` or ``"4"``); raise naming ``key`` otherwise."""
-    if isinstance(value, str) and value.strip() == "auto":
-        return "auto"
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        n = 0
-    if isinstance(value, bool) or n < 1 or (isinstance(value, float) and value != n):
-        raise ParamsError(f"{key}: {value!r} is neither 'auto' nor a process count >= 1")
-    return n
 
 
 def check_checkpoint_dir(value: str, key: str) -> None:

@@ -6,7 +6,7 @@
 (:class:`S3Mirror`): a thread looks every ``interval_s`` seconds and uploads the checkpoints
 that changed, and a last upload happens when training ends, also when it fails.
 
-Consistency: :mod:`covidnet.train.loop` writes ``best.pt`` before ``last.pt``, each atomically.
+Consistency: training writes ``best.pt`` before ``last.pt``, each atomically (:mod:`covidnet.train.checkpoint`).
 The mirror reads ``last.pt``, then ``best.pt``, and keeps the pair only if ``last.pt`` did
 not change meanwhile; it uploads ``best.pt`` first. So the prefix only ever holds a pair that
 the local folder could also have held after a crash, which training resumes from.
@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from covidnet.params import ParamsError
+from covidnet.train.checkpoint import BEST, LAST
 
 log = logging.getLogger(__name__)
 
 #: The files mirrored, in upload order (see the module docstring).
-FILES = ("best.pt", "last.pt")
+FILES = (BEST, LAST)
 
 
 def parse_s3(uri: str) -> tuple[str, str]:
@@ -113,14 +114,14 @@ class S3Mirror:
                 log.warning("checkpoint upload to %s failed (retried): %s", self.uri, exc)
 
     def _snapshot(self) -> dict[str, bytes] | None:
-        last = self.folder / "last.pt"
+        last = self.folder / LAST
         for _ in range(5):
             try:
                 before = last.stat()
-                data = {"last.pt": last.read_bytes()}
-                best = self.folder / "best.pt"
+                data = {LAST: last.read_bytes()}
+                best = self.folder / BEST
                 if best.is_file():
-                    data["best.pt"] = best.read_bytes()
+                    data[BEST] = best.read_bytes()
                 after = last.stat()
             except FileNotFoundError:
                 return None
@@ -132,7 +133,7 @@ class S3Mirror:
     def sync(self) -> None:
         """Upload the checkpoints if ``last.pt`` changed since the last upload."""
         data = self._snapshot()
-        if data is None or self._sent.get("last.pt") == self._stamp:
+        if data is None or self._sent.get(LAST) == self._stamp:
             return
         import io
 
@@ -140,6 +141,6 @@ class S3Mirror:
             if name in data:
                 key = f"{self.prefix}/{name}" if self.prefix else name
                 self.client.upload_fileobj(io.BytesIO(data[name]), self.bucket, key)
-        self._sent["last.pt"] = self._stamp
+        self._sent[LAST] = self._stamp
         self.uploads += 1
         log.info("checkpoints mirrored to %s", self.uri)

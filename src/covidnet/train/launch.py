@@ -1,6 +1,6 @@
 """Training in one pod over all its GPUs: ``torchrun ... -m covidnet.cli.main train``.
 
-The train stage itself (:mod:`covidnet.train.loop`) is DistributedDataParallel-ready: under
+The train stage itself (:func:`covidnet.train.loop.train_model`) is DistributedDataParallel-ready: under
 ``torchrun`` each process takes its share of the global batch and rank 0 writes the outputs.
 This module decides how many processes a pod runs and launches them:
 
@@ -8,7 +8,7 @@ This module decides how many processes a pod runs and launches them:
   decides what is visible), and one process on a CPU-only pod. A number is taken as given;
   on CPUs several processes use gloo (how the tests exercise it).
 * :func:`train_command` / :func:`torchrun_command`: the exact command, shared with the
-  PyTorchJob across nodes (:mod:`covidnet.kfp.pytorchjob`), so both run the same thing.
+  Kubeflow adapter's PyTorchJob across nodes, so both run the same thing.
 * :func:`train_in_pod`: one process runs in this process (no launcher); several run under
   ``torchrun`` with the params written to a file. Checkpoints go to a temporary folder (a
   retried task starts afresh) or, given ``checkpoint_dir`` (a folder, or an ``s3://`` prefix
@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from covidnet.params import ParamsError
-from covidnet.kfp.params import parse_nproc
 from covidnet.errors import CovidnetError
+from covidnet.params import ParamsError
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +41,24 @@ class LaunchError(CovidnetError, RuntimeError):
     """A training launcher (torchrun, a PyTorchJob) failed; the message says how and why."""
 
 
+def parse_nproc(value: int | str, key: str = "pipeline.train.nproc_per_node") -> int | str:
+    """``"auto"`` or a positive process count (``4`` or ``"4"``); raise naming ``key`` otherwise."""
+    if isinstance(value, str) and value.strip() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if isinstance(value, bool) or n < 1 or (isinstance(value, float) and value != n):
+        raise ParamsError(f"{key}: {value!r} is neither 'auto' nor a process count >= 1")
+    return n
+
+
 def resolve_nproc(value: int | str, device: str = "auto", key: str = "pipeline.train.nproc_per_node") -> int:
     """Processes to run in this pod.
 
     Args:
-        value: ``"auto"`` or a count (``4`` or ``"4"``).
+        value: ``"auto"`` or a count (``4`` or ``"4"``), as :func:`parse_nproc` reads it.
         device: the ``train.device`` setting (``auto``, ``cpu``, ``cuda``).
         key: the params key or pipeline parameter ``value`` came from (for errors).
 
@@ -161,7 +173,7 @@ def train_in_pod(params: dict[str, Any], params_text: str, paths: Any, nproc_per
     from covidnet.model.card import ModelCard
     from covidnet.train.stage import run_train
     from covidnet.tracking import data_version
-    from covidnet.train.loop import TrainParams
+    from covidnet.train.params import TrainParams
 
     tparams = section(params, "train", TrainParams)
     nproc = resolve_nproc(nproc_per_node, tparams.device, key="nproc_per_node")

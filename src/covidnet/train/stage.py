@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from covidnet.train.loop import TrainResult
+from covidnet.train.params import TrainResult
 
 
 def run_train(params: dict[str, Any], paths, resume: str = "auto", track: bool = True,
@@ -22,9 +22,10 @@ def run_train(params: dict[str, Any], paths, resume: str = "auto", track: bool =
     """
     from covidnet.model.builders import ModelParams
     from covidnet.params import is_synthetic, profile_name, section
-    from covidnet.preprocess.stage import PreprocessParams, params_dict
+    from covidnet.preprocess.params import PreprocessParams, params_dict
     from covidnet.tracking import data_version, git_commit, mlflow_params
-    from covidnet.train.loop import TrainParams, TrainPaths, train_model
+    from covidnet.train.loop import train_model
+    from covidnet.train.params import TrainParams, TrainPaths
 
     index = pd.read_csv(paths.preprocessed / "index.csv", dtype=str, keep_default_na=False)
     provenance = {"git_commit": git_commit(), "data_version": data_version(paths.preprocessed),

@@ -114,7 +114,8 @@ def main() -> None:
     from covidnet.model.builders import ModelParams
     from covidnet.params import load_params, section
     from covidnet.preprocess.stage import PreprocessParams, params_dict
-    from covidnet.train.loop import TrainParams, TrainPaths, train_model
+    from covidnet.train.loop import train_model
+    from covidnet.train.params import TrainParams, TrainPaths
 
     params = load_params(args.params, profile="tiny" if args.dry_run else "paper")
     tp = replace(section(params, "train", TrainParams), epochs=args.epochs, patience=args.epochs + 1,

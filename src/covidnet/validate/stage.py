@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from covidnet.validate.suites import ValidationReport
+from covidnet.validate.messages import ValidationReport
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,8 @@ def run_validate(params: dict[str, Any], paths, progress: bool = True) -> Valida
     from covidnet.data.series import SeriesParams, index_tree
     from covidnet.data.index import write_index
     from covidnet.params import is_synthetic, section
-    from covidnet.validate.suites import ValidateParams, validate_cohort
+    from covidnet.validate.cohort import validate_cohort
+    from covidnet.validate.suites import ValidateParams
 
     manifest = read_manifest(paths.manifest)
     index = index_tree(paths.dicom, section(params, "series", SeriesParams), progress=progress)

@@ -1,4 +1,4 @@
-"""Tests for the validate stage: real Great Expectations runs over small tables built here."""
+"""validate_cohort end to end: real Great Expectations runs over small tables built here, messages, output folder."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from covidnet.validate import suites as validate_mod
 from covidnet.data.cohort import PATIENT_COLUMNS, SCAN_COLUMNS, Manifest
 from covidnet.params import load_params, section
-from covidnet.validate.suites import ValidateParams, validate_cohort
+from covidnet.validate import cohort as cohort_mod
+from covidnet.validate.cohort import validate_cohort
+from covidnet.validate.suites import ValidateParams
 from support import REPO
 
 PARAMS_FILE = REPO / "params.yaml"
@@ -112,28 +113,6 @@ def _run(tmp_path: Path, params: ValidateParams, patients=None, scans=None, seri
 @pytest.fixture(scope="module")
 def valid_run(tmp_path_factory, params):
     return _run(tmp_path_factory.mktemp("valid"), params)
-
-
-def test_params_section_matches_dataclass(params):
-    assert params.scan_date_min == "2019-12-01"
-    assert params.slices[0] <= params.slices[1]
-    tiny = section(load_params(PARAMS_FILE, profile="tiny"), "validate", ValidateParams)
-    assert tiny.slices[0] == 8
-
-
-def test_bad_params_raise():
-    with pytest.raises(ValueError, match="scan_date_min"):
-        ValidateParams(
-            hospitals_known=True,
-            pixel_spacing_mm=(0.3, 5.0),
-            slice_thickness_mm=(0.5, 6.0),
-            slices=(16, 2000),
-            scan_date_min="01/12/2019",
-            scan_date_min_scope="all",
-            age=(0, 120),
-            uid_max_length=64,
-            max_examples=20,
-        )
 
 
 def test_valid_cohort_passes_and_writes_outputs(valid_run):
@@ -309,7 +288,7 @@ def test_failure_keeps_previous_output_intact(tmp_path, params, monkeypatch):
         (path.parent / "half.json").write_text("{")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(validate_mod, "_write_results", boom)
+    monkeypatch.setattr(cohort_mod, "_write_results", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         _run(tmp_path, params)
     assert json.loads((out / "results.json").read_text()) == {"previous": True}

@@ -56,7 +56,8 @@ def cohort_qc(params: dict, root: Path, n_patients: int, seed: int, drift: str |
     """
     from covidnet.data.series import SeriesParams, index_tree
     from covidnet.params import section
-    from covidnet.preprocess.stage import PreprocessParams, preprocess_cohort
+    from covidnet.preprocess.params import PreprocessParams
+    from covidnet.preprocess.stage import preprocess_cohort
     from covidnet.synthetic.params import SynthParams
     from covidnet.synthetic.synth import synthesize
 

@@ -113,7 +113,7 @@ def main() -> None:
 
     from covidnet.model.builders import ModelParams
     from covidnet.params import load_params, section
-    from covidnet.preprocess.stage import PreprocessParams, params_dict
+    from covidnet.preprocess.params import PreprocessParams, params_dict
     from covidnet.train.loop import train_model
     from covidnet.train.params import TrainParams, TrainPaths
 

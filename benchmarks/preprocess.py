@@ -72,7 +72,9 @@ def main() -> None:
 
     from covidnet.data.dicom import find_files, read_header, read_headers
     from covidnet.data.series import SeriesParams, assess_series, files_frame
-    from covidnet.preprocess.stage import PreprocessParams, clip_scale, crop_start, preprocess_series
+    from covidnet.preprocess.array import clip_scale, crop_start
+    from covidnet.preprocess.params import PreprocessParams
+    from covidnet.preprocess.series import preprocess_series
     from covidnet.synthetic.dicom_writer import write_benchmark_series
 
     params = PreprocessParams(hu_min=-1024.0, hu_max=1024.0, depth=args.depth, size=args.size, crop=args.crop,

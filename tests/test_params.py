@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from covidnet.params import ParamsError, load_params, section
-from covidnet.preprocess.stage import PreprocessParams
+from covidnet.preprocess.params import PreprocessParams
 from covidnet.data.split import SplitParams
 from support import REPO
 

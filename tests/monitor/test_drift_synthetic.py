@@ -25,7 +25,7 @@ from covidnet.cli import main as cli
 from covidnet.monitor.params import monitor_params
 from covidnet.params import load_params
 from covidnet.monitor.predlog import Prediction, PredictionLog
-from covidnet.preprocess.stage import QC_VALUES
+from covidnet.preprocess.qc import QC_VALUES
 from covidnet.model.card import ModelCard
 from support import REPO
 

@@ -12,7 +12,7 @@ import pytest
 from covidnet.params import ParamsError, load_params
 from covidnet.monitor.params import LogParams
 from covidnet.monitor.predlog import (INSECURE_KEY, Prediction, PredictionLog, PredLogError, hash_id, predictions_from_answers, resolve_key, resolve_url)
-from covidnet.preprocess.stage import QC_VALUES
+from covidnet.preprocess.qc import QC_VALUES
 from support import REPO
 
 KEY = b"0123456789abcdef0123456789abcdef"

@@ -17,7 +17,7 @@ import torch
 from covidnet.params import load_params, section
 from covidnet.model.card import ModelCard
 from covidnet.model.inference import score, sigmoid
-from covidnet.preprocess.stage import QC_VALUES
+from covidnet.preprocess.qc import QC_VALUES
 from covidnet.monitor.reference import ReferenceProfileError, load_reference, reference_tables
 from covidnet.serve.answer import load_qc_reference, qc_reference
 from covidnet.serve.params import ServeParams

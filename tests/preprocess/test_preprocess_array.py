@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from covidnet.preprocess.stage import PreprocessParams, clip_scale, crop_start, linear_taps, resize_crop
+from covidnet.preprocess.array import _lerp, _to_unit, clip_scale, crop_start, linear_taps, resize_crop
 
 
 @pytest.mark.parametrize("n_in,n_out", [(300, 64), (17, 8), (8, 17), (5, 5), (1, 4), (129, 128)])
@@ -40,15 +40,20 @@ def test_resize_crop_shape():
     assert resize_crop(vol, 8, 32, 24).shape == (8, 24, 24)
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("crop", 200, "crop 200 must not exceed preprocess.size 128"),
-    ("hu_max", -2000.0, "hu_max -2000.0 must exceed"),
-    ("depth", 0, "depth must be >= 1"),
-    ("dtype", "int8", "dtype 'int8' is not one of"),
-])
-def test_params_validated(field, value, message):
-    kwargs = dict(hu_min=-1024.0, hu_max=1024.0, depth=32, size=128, crop=96, dtype="float16",
-                  body_hu=-500.0, lung_hu=(-950.0, -400.0), workers=1)
-    kwargs[field] = value
-    with pytest.raises(ValueError, match=message):
-        PreprocessParams(**kwargs)
+@pytest.mark.parametrize("intercept,slope", [(-1024.0, 1.0), (0.0, 0.5), (-2048.0, 2.0)])
+def test_to_unit_is_hu_clip_scale_in_one_pass(intercept, slope):
+    stored = np.random.default_rng(2).integers(-2000, 4096, size=(5, 7)).astype(np.int16)
+    ours = _to_unit(stored, intercept, slope, -1024.0, 1024.0)
+    ref = clip_scale(stored * slope + intercept, -1024.0, 1024.0)
+    assert ours.dtype == np.float32 and ours.shape == stored.shape
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+def test_lerp_same_size_is_a_pure_crop_and_otherwise_matches_numpy_interp():
+    x = np.random.default_rng(3).random((4, 10, 6), dtype=np.float32)
+    lo, hi, w = linear_taps(10, 10, start=2, count=5)
+    np.testing.assert_array_equal(_lerp(x, lo, hi, w, axis=1), x[:, 2:7])
+    lo, hi, w = linear_taps(6, 9)
+    ref = np.stack([[np.interp(np.maximum((np.arange(9) + 0.5) * 6 / 9 - 0.5, 0), np.arange(6), row) for row in plane]
+                    for plane in x])
+    np.testing.assert_allclose(_lerp(x, lo, hi, w, axis=2), ref, atol=1e-6)

@@ -13,7 +13,7 @@ from covidnet.monitor.report import ALARM_EXIT, drift_report, find_reference
 from covidnet.monitor.window import parse_time, time_window
 from covidnet.params import load_params
 from covidnet.monitor.predlog import Prediction, PredictionLog, hash_id
-from covidnet.preprocess.stage import QC_VALUES
+from covidnet.preprocess.qc import QC_VALUES
 from covidnet.monitor.reference import ReferenceProfileError
 from covidnet.model.card import ModelCard
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 from covidnet.params import load_params, section
-from covidnet.preprocess.stage import PreprocessParams
+from covidnet.preprocess.params import PreprocessParams
 from covidnet.serve.answer import results
 from covidnet.serve.bundle import load_bundle
 from covidnet.serve.params import ServeParams

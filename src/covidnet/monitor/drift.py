@@ -66,7 +66,7 @@ class DriftParams:
         for name, ok, rule in checks:
             if not ok:
                 raise ParamsError(f"monitor.drift.{name} {rule}, got {getattr(self, name)!r}")
-        from covidnet.preprocess.stage import QC_VALUES
+        from covidnet.preprocess.qc import QC_VALUES
 
         unknown = [f for f in self.features if f not in QC_VALUES]
         if unknown:

@@ -45,7 +45,7 @@ from typing import Any
 import pandas as pd
 
 from covidnet.params import is_synthetic
-from covidnet.preprocess.stage import QC_VALUES
+from covidnet.preprocess.qc import QC_VALUES
 from covidnet.errors import CovidnetError
 from covidnet.monitor.params import LogParams
 

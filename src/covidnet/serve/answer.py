@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from covidnet.preprocess.stage import PIXEL_QC
+from covidnet.preprocess.qc import PIXEL_QC
 from covidnet.serve.params import ServeParams
 
 if TYPE_CHECKING:

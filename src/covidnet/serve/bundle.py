@@ -31,7 +31,7 @@ from typing import Any
 from covidnet.data.series import SeriesParams
 from covidnet.evaluate.metrics import Calibrator
 from covidnet.params import ParamsError
-from covidnet.preprocess.stage import PreprocessParams
+from covidnet.preprocess.params import PreprocessParams
 from covidnet.serve.answer import load_qc_reference
 from covidnet.serve.params import ServeParams
 

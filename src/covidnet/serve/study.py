@@ -27,7 +27,8 @@ import numpy as np
 
 from covidnet.data.pixels import SeriesReadError
 from covidnet.data.series import SeriesParams, index_tree
-from covidnet.preprocess.stage import PreprocessParams, preprocess_series
+from covidnet.preprocess.params import PreprocessParams
+from covidnet.preprocess.series import preprocess_series
 from covidnet.errors import CovidnetError
 from covidnet.serve.params import ServeParams
 

@@ -25,8 +25,9 @@ def _with(config: dict, section: str | None, key: str, value) -> dict:
 
 def test_config_diff_names_nested_settings_and_skips_those_that_change_nothing():
     assert config_diff(CONFIG, CONFIG) == []
-    assert NOT_COMPARED == {"world_size", "train.workers"}
-    assert config_diff(CONFIG, _with(_with(CONFIG, None, "world_size", 4), "train", "workers", 8)) == []
+    assert NOT_COMPARED == {"world_size", "train.workers", "preprocess.workers"}
+    assert config_diff(CONFIG, _with(_with(_with(CONFIG, None, "world_size", 4), "train", "workers", 8),
+                                     "preprocess", "workers", 2)) == []
     other = _with(_with(CONFIG, "train", "learning_rate", 0.01), "model", "growth_rate", 8)
     assert config_diff(CONFIG, other) == ["model.growth_rate: checkpoint 4, now 8",
                                           "train.learning_rate: checkpoint 0.001, now 0.01"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from covidnet.params import ParamsError, section
-from covidnet.train.launch import parse_nproc
+from covidnet.train.launch import check_checkpoint_dir, parse_nproc
 
 _CPU = re.compile(r"^([0-9]+(\.[0-9]+)?|[0-9]+m)$")
 _MEMORY = re.compile(r"^[0-9]+(\.[0-9]+)?(E|P|T|G|M|K|Ei|Pi|Ti|Gi|Mi|Ki)?$")
@@ -90,16 +90,6 @@ class RetryParams:
         if self.max_backoff_s < self.backoff_s:
             raise ParamsError(f"pipeline.retry.max_backoff_s: {self.max_backoff_s} is below backoff_s "
                               f"({self.backoff_s})")
-
-
-def check_checkpoint_dir(value: str, key: str) -> None:
-    """Raise unless ``value`` is ``""``, an absolute folder or an ``s3://bucket/prefix``."""
-    if value.startswith("s3://"):
-        if not value[5:].split("/", 1)[0]:
-            raise ParamsError(f"{key}: {value!r} names no bucket (s3://bucket/prefix)")
-    elif value and not value.startswith("/"):
-        raise ParamsError(f"{key}: {value!r} is neither an absolute folder of the train pod (e.g. on a PVC) nor an "
-                          "s3://bucket/prefix, nor '' (no resume)")
 
 
 @dataclass(frozen=True)

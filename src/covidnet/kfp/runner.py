@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from covidnet.params import DEFAULT_PARAMS, ParamsError, load_params, override, params_file, section
-from covidnet.kfp.params import PipelineParams, check_checkpoint_dir, pipeline_params
-from covidnet.train.launch import parse_nproc
+from covidnet.kfp.params import PipelineParams, pipeline_params
+from covidnet.train.launch import check_checkpoint_dir, parse_nproc
 from covidnet.errors import CovidnetError
 
 log = logging.getLogger(__name__)

@@ -36,9 +36,10 @@ BEST = "best.pt"
 RESUME_MODES = ("auto", "always", "never")
 
 #: Keys of ``config`` (dotted) that cannot change the weights: the number of processes (the
-#: global batch is split exactly, :mod:`covidnet.train.plan`) and of DataLoader workers (every
-#: sample is the same in any worker). Any other difference discards a checkpoint.
-NOT_COMPARED = frozenset({"world_size", "train.workers"})
+#: global batch is split exactly, :mod:`covidnet.train.plan`), of DataLoader workers (every
+#: sample is the same in any worker) and of preprocessing processes (the tensors are the same).
+#: Any other difference discards a checkpoint.
+NOT_COMPARED = frozenset({"world_size", "train.workers", "preprocess.workers"})
 
 
 def check_resume_mode(resume: str) -> None:

@@ -82,6 +82,16 @@ def resolve_nproc(value: int | str, device: str = "auto", key: str = "pipeline.t
     return int(n)
 
 
+def check_checkpoint_dir(value: str, key: str) -> None:
+    """Raise unless ``value`` is ``""``, an absolute folder or an ``s3://bucket/prefix``."""
+    if value.startswith("s3://"):
+        if not value[5:].split("/", 1)[0]:
+            raise ParamsError(f"{key}: {value!r} names no bucket (s3://bucket/prefix)")
+    elif value and not value.startswith("/"):
+        raise ParamsError(f"{key}: {value!r} is neither an absolute folder of the train pod (e.g. on a PVC) nor an "
+                          "s3://bucket/prefix, nor '' (no resume)")
+
+
 def train_command(params_file: str | Path, profile: str, preprocessed: str | Path, model: str | Path,
                   checkpoints: str | Path, report: str | Path, resume: str = "auto") -> list[str]:
     """``-m covidnet.cli.main train ...``: the train stage's CLI on explicit paths (what torchrun runs)."""
@@ -146,11 +156,11 @@ class PodTrainResult:
 
 
 def train_in_pod(params: dict[str, Any], params_text: str, paths: Any, nproc_per_node: int | str = "auto",
-                 checkpoint_dir: str = "") -> PodTrainResult:
+                 checkpoint_dir: str = "", sync_s: int = 60) -> PodTrainResult:
     """Train on ``paths.preprocessed`` with every process this pod should run.
 
     Args:
-        params: merged params (``params_text`` with ``params['profile']`` applied).
+        params: merged params (``params_text`` with its profile applied).
         params_text: the params file's content (written to a file for torchrun's processes).
         paths: a :class:`covidnet.paths.Paths`; ``checkpoints`` is replaced as below.
         nproc_per_node: ``"auto"`` or a count (:func:`resolve_nproc`).
@@ -158,8 +168,8 @@ def train_in_pod(params: dict[str, Any], params_text: str, paths: Any, nproc_per
             :func:`checkpoint_key` of the inputs, resumed when present with the same settings:
             ``""``: nowhere (a temporary folder; every try starts afresh); a folder of the pod
             (a mounted PVC); or an ``s3://bucket/prefix``, downloaded first and mirrored while
-            training runs, every ``pipeline.train.checkpoint_sync_s`` seconds
-            (:mod:`covidnet.train.checkpoint_sync`).
+            training runs, every ``sync_s`` seconds (:mod:`covidnet.train.checkpoint_sync`;
+            the Kubeflow component passes ``pipeline.train.checkpoint_sync_s``).
 
     Raises:
         ParamsError: a bad process count or checkpoint location.
@@ -168,8 +178,7 @@ def train_in_pod(params: dict[str, Any], params_text: str, paths: Any, nproc_per
     import contextlib
     import dataclasses
 
-    from covidnet.params import section
-    from covidnet.kfp.params import check_checkpoint_dir, pipeline_params
+    from covidnet.params import profile_name, section
     from covidnet.model.card import ModelCard
     from covidnet.train.stage import run_train
     from covidnet.tracking import data_version
@@ -178,7 +187,7 @@ def train_in_pod(params: dict[str, Any], params_text: str, paths: Any, nproc_per
     tparams = section(params, "train", TrainParams)
     nproc = resolve_nproc(nproc_per_node, tparams.device, key="nproc_per_node")
     check_checkpoint_dir(checkpoint_dir, "checkpoint_dir")
-    profile = params["profile"]
+    profile = profile_name(params)
     with tempfile.TemporaryDirectory(prefix="covidnet-train-") as tmp:
         key = checkpoint_key(params_text, profile, data_version(paths.preprocessed)) if checkpoint_dir else ""
         mirror: Any = contextlib.nullcontext()
@@ -189,7 +198,7 @@ def train_in_pod(params: dict[str, Any], params_text: str, paths: Any, nproc_per
             location = f"{checkpoint_dir.rstrip('/')}/{key}"
             folder, resume = Path(tmp) / "checkpoints", "auto"
             download(location, folder)
-            mirror = S3Mirror(folder, location, pipeline_params(params).train.checkpoint_sync_s)
+            mirror = S3Mirror(folder, location, sync_s)
         elif checkpoint_dir:
             folder, resume = Path(checkpoint_dir) / key, "auto"
             location = str(folder)

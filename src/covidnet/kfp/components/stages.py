@@ -134,15 +134,17 @@ def train(params_yaml: str, profile: str, preprocessed: Input[Dataset], model: O
     """
     from pathlib import Path
 
-    from covidnet.train.launch import train_in_pod
+    from covidnet.kfp.params import pipeline_params
     from covidnet.kfp.runner import log_metrics, stage_failure, stage_params
     from covidnet.paths import Paths
+    from covidnet.train.launch import train_in_pod
 
     with stage_failure("train", model.path, train_report.path, train_metrics.path):
         params = stage_params(params_yaml, profile)
         result = train_in_pod(params, params_yaml, Paths.from_params(params, preprocessed=preprocessed.path,
                                                                      model=model.path, train_report=train_report.path),
-                              nproc_per_node=nproc_per_node, checkpoint_dir=checkpoint_dir)
+                              nproc_per_node=nproc_per_node, checkpoint_dir=checkpoint_dir,
+                              sync_s=pipeline_params(params).train.checkpoint_sync_s)
         model.metadata["mlflow_run_id"] = result.run_id
         model.metadata["processes"] = result.processes
         log_metrics(train_metrics, Path(train_report.path) / "metrics.json")

@@ -1,4 +1,4 @@
-# The COVIDNet project image (CPU): every Kubeflow component runs in it (components/stages.py: IMAGE).
+# The COVIDNet project image (CPU): every Kubeflow component runs in it (src/covidnet/kfp/components/stages.py: IMAGE).
 #   docker build -t REGISTRY/covidnet:0.1.0 . && docker push REGISTRY/covidnet:0.1.0
 # Not built or tested here: this machine has no Docker daemon (see pipelines/README.md).
 FROM python:3.11-slim
@@ -17,7 +17,6 @@ COPY requirements.lock ./
 RUN pip install -r requirements.lock
 COPY pyproject.toml README.md params.yaml ./
 COPY src ./src
-COPY serving ./serving
 RUN pip install --no-deps .
 
 # Components are given their params as text; a run's working folder is its own.

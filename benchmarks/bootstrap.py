@@ -23,8 +23,8 @@ import sklearn
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from covidnet.evaluate.figures import compute_metrics
-from covidnet.evaluate.params import EvaluateParams
 from covidnet.evaluate.metrics import bootstrap, score_stat
+from covidnet.evaluate.params import EvaluateParams
 
 NAMES = ["accuracy", "auc", *(f"{c}.{f}" for c in ("covid", "non_covid")
                               for f in ("sensitivity", "specificity", "ppv", "npv", "f1"))]

@@ -12,7 +12,7 @@ In one process, on this machine's CPU:
   warm-up rounds) so load from other processes hits them alike; best and median seconds,
   ratios from the best.
 * ``summary``: parameters and forward FLOPs per volume of every builder at its native input
-  (:func:`covidnet.model.network.model_summary`, torch's flop counter on the meta device).
+  (:func:`covidnet.model.summary.model_summary`, torch's flop counter on the meta device).
 
 Prints JSON. Usage: ``python benchmarks/model.py [--repeats 10]``
 """

@@ -7,7 +7,7 @@ then times, best of ``--repeats`` runs each, in the same process:
 * ``headers``   pydicom parsing every header (serially, ``stop_before_pixels``), the floor
                 of any reader that orders slices by position;
 * ``covidnet``  our path: headers in ``--workers`` processes, series assessment and slice
-                order, then :func:`covidnet.preprocess.stage.preprocess_series` (QC included);
+                order, then :func:`covidnet.preprocess.series.preprocess_series` (QC included);
 * ``plain``     a plain pydicom + torch version: ``dcmread`` every file, sort by position,
                 decode every slice to HU, clip, scale, ``F.interpolate`` trilinear, crop;
 * ``monai``     MONAI's chain: ``LoadImage(reader="PydicomReader")`` ->

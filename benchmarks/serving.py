@@ -8,7 +8,7 @@ holds none: the timings do not depend on the weights) and ``--params``:
 * ``in_process`` (the anchor): :func:`covidnet.serve.bundle.load_bundle` once, then per request the
   very path the server runs from the zip's bytes: safe unzip, series selection, preprocessing,
   QC, lesion fractions (:func:`covidnet.serve.study.study_zip`), the forward pass
-  (:func:`covidnet.model.card.score`) and the answers (:func:`covidnet.serve.bundle.results`). It runs in
+  (:func:`covidnet.model.inference.score`) and the answers (:func:`covidnet.serve.answer.results`). It runs in
   a child process started like the server's (this script with ``--anchor``) and times itself,
   so both sides get the same treatment from the scheduler of a shared machine;
 * ``server_binary``: ``covidnet serve`` in a subprocess on a free loopback port (one worker),
@@ -133,8 +133,8 @@ def _anchor(model_dir: str, params_path: str, zip_path: str) -> None:
     ``memory`` (peak RSS above the start of one request, MiB), ``answer`` (the probability)."""
     import torch
 
-    from covidnet.params import load_params
     from covidnet.model.inference import score
+    from covidnet.params import load_params
     from covidnet.serve.answer import results
     from covidnet.serve.bundle import load_bundle
     from covidnet.serve.study import study_zip

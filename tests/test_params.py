@@ -1,12 +1,10 @@
-from pathlib import Path
 
 import pytest
 
+from covidnet.data.split import SplitParams
 from covidnet.params import ParamsError, load_params, section
 from covidnet.preprocess.params import PreprocessParams
-from covidnet.data.split import SplitParams
 from support import REPO
-
 
 
 def test_default_and_profiles_merge():

@@ -1,9 +1,7 @@
-from pathlib import Path
 
 from covidnet.params import load_params
 from covidnet.tracking import configure, flatten, mlflow_params
 from support import REPO
-
 
 
 def test_environment_overrides_the_store(monkeypatch):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
 from covidnet.errors import CovidnetError
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,6 @@ from support.dicom_cases import (
     write_random_series,
 )
 
-
 # 1. Files that are not usable DICOM ---------------------------------------------------------
 
 

@@ -17,7 +17,6 @@ from covidnet.data.fetch import FetchError, RevisionError, check_revision, fetch
 from support import REPO
 
 
-
 def _run(cmd, cwd, env):
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{cmd}:\n{proc.stdout}\n{proc.stderr}"

@@ -27,7 +27,6 @@ from support.dicom_cases import (
     write_random_series,
 )
 
-
 # 1. Known-volume round trip -------------------------------------------------------------
 
 

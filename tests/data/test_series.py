@@ -24,7 +24,6 @@ from support.dicom_cases import (
     write_random_series,
 )
 
-
 # 1. Slice order comes from ImagePositionPatient ----------------------------------------------
 
 

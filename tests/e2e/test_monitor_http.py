@@ -10,7 +10,6 @@ DICOM files (tests/test_serving.py's helpers). The log is a real SQLite file, re
 import base64
 import json
 import os
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -20,17 +19,12 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from covidnet.monitor.serving import ServingMonitor, request_hospital
 from covidnet.monitor.predlog import PredictionLog, hash_id
-
-
-
-
-
+from covidnet.monitor.serving import ServingMonitor, request_hospital
 from covidnet.serve.client import v2_zip_request, zip_folder  # noqa: E402
+from support import REPO
 from support.server import NAME, post_json, start_server, stop_server, write_study
 from support.train import PRE, TINY, qc_csv, tiny_cohort, train_params, train_paths
-from support import REPO
 
 KEY = "monitor-test-key-0123456789abcdef"
 
@@ -179,10 +173,10 @@ def test_serving_monitor_logs_then_counts(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     from prometheus_client import CollectorRegistry
-    from support.monitor import model_folder
 
-    from covidnet.params import load_params
     from covidnet.monitor.predlog import PredLogError
+    from covidnet.params import load_params
+    from support.monitor import model_folder
 
     params = load_params(REPO / "params.yaml")
     params["paths"]["predlog"] = str(tmp_path / "log.db")

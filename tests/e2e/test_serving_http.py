@@ -7,16 +7,12 @@ S3 study references are fetched from moto's S3 server on loopback (a real HTTP e
 """
 
 import base64
-import contextlib
 import io
 import json
 import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -29,17 +25,20 @@ from covidnet.params import load_params, section
 from covidnet.preprocess.params import PreprocessParams
 from covidnet.serve.answer import results
 from covidnet.serve.bundle import load_bundle
-from covidnet.serve.params import ServeParams
-from covidnet.serve.study import ServeInputError, tensor_batch
 from covidnet.serve.client import PredictError, send_study, v2_zip_request, zip_folder
-from covidnet.serve.study import extract_zip, studies_from_folder
 from covidnet.serve.lesions import lung_abnormality
+from covidnet.serve.params import ServeParams
+from covidnet.serve.study import ServeInputError, extract_zip, studies_from_folder, tensor_batch
 from covidnet.synthetic.dicom_writer import SeriesHeader, write_series
-from support.server import NAME, assert_alive, free_port, post_json, running_server, start_server, stop_server, write_study
-from support.train import PRE, SHAPE, TINY, tiny_cohort, train_params, train_paths
 from support import REPO
-
-
+from support.server import (
+    NAME,
+    assert_alive,
+    post_json,
+    running_server,
+    write_study,
+)
+from support.train import PRE, SHAPE, TINY, tiny_cohort, train_params, train_paths
 
 pytestmark = pytest.mark.slow
 
@@ -201,7 +200,6 @@ def _raw_exchange(base: str, head: str, body_parts: list[bytes]) -> tuple[int, d
 
     The parts sent are never more than the server reads before it answers, so no unread data
     is left behind when it closes (which would reset the connection and lose its answer)."""
-    import socket
 
     host, port = base.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=60) as sock:

@@ -5,12 +5,22 @@ import json
 import numpy as np
 import pytest
 from sklearn.isotonic import IsotonicRegression
-from sklearn.metrics import (accuracy_score, cohen_kappa_score, f1_score, precision_score, recall_score,
-                             roc_auc_score)
+from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, precision_score, recall_score, roc_auc_score
 
-from covidnet.evaluate.metrics import (Calibrator, agreement_indicators, auc_from_counts, bootstrap, cell_counts,
-                              expected_calibration_error, figure, fit_calibrator, kappa_from_counts, rates,
-                              resample_indices, score_stat)
+from covidnet.evaluate.metrics import (
+    Calibrator,
+    agreement_indicators,
+    auc_from_counts,
+    bootstrap,
+    cell_counts,
+    expected_calibration_error,
+    figure,
+    fit_calibrator,
+    kappa_from_counts,
+    rates,
+    resample_indices,
+    score_stat,
+)
 
 
 def _data(n, seed, decimals=1):

@@ -8,23 +8,20 @@ the compiled YAML names them.
 
 import datetime as dt
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from kfp.dsl import HTML, Dataset, Metrics
 
-from covidnet.params import load_params
-from covidnet.kfp.params import pipeline_params
-from covidnet.monitor.predlog import PredictionLog
-from covidnet.model.card import ModelCard
-
 from covidnet.kfp.components.monitor import monitor_drift  # noqa: E402
+from covidnet.kfp.params import pipeline_params
 from covidnet.kfp.pipelines import monitor as monitor_pipeline  # noqa: E402
-from support.monitor import KEY, model_folder, rows
+from covidnet.model.card import ModelCard
+from covidnet.monitor.predlog import PredictionLog
+from covidnet.params import load_params
 from support import REPO
-
+from support.monitor import KEY, model_folder, rows
 
 COMMITTED = REPO / "pipelines" / "monitor_pipeline.yaml"
 T0 = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)

@@ -10,8 +10,8 @@ import yaml
 
 from covidnet.cli import main as cli
 from covidnet.kfp import runner as kp
-from covidnet.params import ParamsError, load_params
 from covidnet.kfp.params import pipeline_params
+from covidnet.params import ParamsError, load_params
 from support import REPO
 
 PARAMS = REPO / "params.yaml"

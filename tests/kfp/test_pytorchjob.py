@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from covidnet.cli import main as cli
-from covidnet.train.launch import LaunchError
-from covidnet.params import ParamsError, load_params
 from covidnet.kfp.params import pipeline_params
 from covidnet.kfp.pytorchjob import job_state, pytorchjob_manifest, run_pytorchjob, train_with_pytorchjob
+from covidnet.params import ParamsError, load_params
+from covidnet.train.launch import LaunchError
 from support import REPO
 
 PARAMS = REPO / "params.yaml"

@@ -1,6 +1,5 @@
 import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +9,6 @@ from covidnet.model.network import COVIDNet
 from covidnet.model.summary import count_flops, format_summary, model_summary
 from covidnet.params import ParamsError, load_params, section
 from support import REPO
-
 
 # Small overrides so every builder runs in well under a second; the architecture choices
 # that tell the builders apart (stem, order, norm, compression, final transition) are kept.

@@ -2,17 +2,24 @@
 
 import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from covidnet.monitor.drift import (SCORE, DriftParams, bin_fractions, ks, psi, quantile_edges, series_drift, table_series,
-                            window_verdict)
+from covidnet.monitor.drift import (
+    SCORE,
+    DriftParams,
+    bin_fractions,
+    ks,
+    psi,
+    quantile_edges,
+    series_drift,
+    table_series,
+    window_verdict,
+)
 from covidnet.monitor.params import monitor_params
 from covidnet.params import ParamsError, load_params
 from support import REPO
-
 
 
 def _params(**changes) -> DriftParams:

@@ -3,24 +3,21 @@
 
 import datetime as dt
 import json
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from covidnet.cli import main as cli
+from covidnet.model.card import ModelCard
 from covidnet.monitor.params import monitor_params
+from covidnet.monitor.predlog import PredictionLog
+from covidnet.monitor.reference import ReferenceProfileError
 from covidnet.monitor.report import ALARM_EXIT, drift_report, find_reference
 from covidnet.monitor.window import parse_time, time_window
 from covidnet.params import load_params
-from covidnet.monitor.predlog import Prediction, PredictionLog, hash_id
-from covidnet.preprocess.qc import QC_VALUES
-from covidnet.monitor.reference import ReferenceProfileError
-from covidnet.model.card import ModelCard
-from support.monitor import KEY, model_folder, qc_values, rows
 from support import REPO
+from support.monitor import KEY, model_folder, rows
 
 T0 = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
 

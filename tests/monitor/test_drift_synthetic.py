@@ -22,11 +22,11 @@ import pytest
 import yaml
 
 from covidnet.cli import main as cli
-from covidnet.monitor.params import monitor_params
-from covidnet.params import load_params
-from covidnet.monitor.predlog import Prediction, PredictionLog
-from covidnet.preprocess.qc import QC_VALUES
 from covidnet.model.card import ModelCard
+from covidnet.monitor.params import monitor_params
+from covidnet.monitor.predlog import Prediction, PredictionLog
+from covidnet.params import load_params
+from covidnet.preprocess.qc import QC_VALUES
 from support import REPO
 
 KEY = b"0123456789abcdef0123456789abcdef"

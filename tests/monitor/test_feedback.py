@@ -14,8 +14,8 @@ import yaml
 from covidnet.cli import main as cli
 from covidnet.evaluate.params import EvaluateParams
 from covidnet.monitor.feedback import FeedbackError, ingest_feedback, join_feedback, performance_report
-from covidnet.params import load_params, section
 from covidnet.monitor.predlog import Prediction, PredictionLog, hash_id
+from covidnet.params import load_params, section
 from covidnet.promote.gate import PromoteParams
 from support import REPO
 

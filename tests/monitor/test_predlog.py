@@ -5,13 +5,21 @@ import hashlib
 import hmac
 import multiprocessing
 import threading
-from pathlib import Path
 
 import pytest
 
-from covidnet.params import ParamsError, load_params
 from covidnet.monitor.params import LogParams
-from covidnet.monitor.predlog import (INSECURE_KEY, Prediction, PredictionLog, PredLogError, hash_id, predictions_from_answers, resolve_key, resolve_url)
+from covidnet.monitor.predlog import (
+    INSECURE_KEY,
+    Prediction,
+    PredictionLog,
+    PredLogError,
+    hash_id,
+    predictions_from_answers,
+    resolve_key,
+    resolve_url,
+)
+from covidnet.params import ParamsError, load_params
 from covidnet.preprocess.qc import QC_VALUES
 from support import REPO
 

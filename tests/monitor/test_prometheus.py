@@ -3,8 +3,6 @@ parser and carries the counts, the score histogram, QC flags and the rolling dri
 
 import dataclasses
 import datetime as dt
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,12 +11,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from covidnet.monitor.params import monitor_params
 from covidnet.monitor.prometheus import MonitorMetrics
-from covidnet.params import load_params
 from covidnet.monitor.reference import load_reference
-from support.monitor import model_folder, rows
+from covidnet.params import load_params
 from support import REPO
-
-
+from support.monitor import model_folder, rows
 
 T0 = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
 

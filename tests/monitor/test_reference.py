@@ -6,28 +6,22 @@ failed scan, a validation scan and identifier columns that must not reach the re
 
 import dataclasses
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from covidnet.params import load_params, section
 from covidnet.model.card import ModelCard
 from covidnet.model.inference import score, sigmoid
-from covidnet.preprocess.qc import QC_VALUES
 from covidnet.monitor.reference import ReferenceProfileError, load_reference, reference_tables
+from covidnet.params import load_params, section
+from covidnet.preprocess.qc import QC_VALUES
 from covidnet.serve.answer import load_qc_reference, qc_reference
 from covidnet.serve.params import ServeParams
 from covidnet.train.loop import train_model
-from support.train import PRE, TINY, qc_csv, tiny_cohort, train_params, train_paths
 from support import REPO
-
-
-
-
+from support.train import PRE, TINY, qc_csv, tiny_cohort, train_params, train_paths
 
 
 def test_train_writes_the_reference_profile(tmp_path):

@@ -9,10 +9,10 @@ come from ``kubernetes.client.models``, as in the SDK's own ``KServeClient``.
 """
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
+
 from support import REPO
 
 MANIFESTS = {"cpu": REPO / "serving" / "inferenceservice-cpu.yaml", "gpu": REPO / "serving" / "inferenceservice-gpu.yaml"}

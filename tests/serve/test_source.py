@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -20,22 +19,19 @@ import yaml
 
 from covidnet.evaluate.params import EvaluateParams
 from covidnet.evaluate.stage import evaluate_model
+from covidnet.model.card import ModelCard
 from covidnet.params import ParamsError, load_params, section
 from covidnet.promote.gate import PromoteParams
 from covidnet.promote.registry import CHAMPION
 from covidnet.promote.stage import promote
-from covidnet.model.card import ModelCard
 from covidnet.serve.bundle import load_bundle
-from covidnet.serve.params import ServeParams
 from covidnet.serve.client import send_study
+from covidnet.serve.params import ServeParams
 from covidnet.serve.source import ModelSourceError, fetch_model, parse_model_uri
 from covidnet.tracking import MlflowParams
+from support import REPO
 from support.server import assert_alive, free_port, running_server, write_study
 from support.train import PRE, TINY, tiny_cohort, train_params, train_paths
-from support import REPO
-
-
-
 
 NAME = "covidnet-test"
 THRESHOLD = 0.4

@@ -3,20 +3,12 @@
 import datetime as dt
 import json
 from pathlib import Path
+
 import numpy as np
 import pandas as pd
-import pytest
-import yaml
-from covidnet.cli import main as cli
-from covidnet.monitor.params import monitor_params
-from covidnet.monitor.report import ALARM_EXIT, drift_report, find_reference
-from covidnet.monitor.window import parse_time, time_window
-from covidnet.params import load_params
-from covidnet.monitor.predlog import Prediction, PredictionLog, hash_id
-from covidnet.preprocess.qc import QC_VALUES
-from covidnet.monitor.reference import ReferenceProfileError
-from covidnet.model.card import ModelCard
 
+from covidnet.monitor.predlog import Prediction, hash_id
+from covidnet.preprocess.qc import QC_VALUES
 
 KEY = b"0123456789abcdef0123456789abcdef"
 

@@ -1,33 +1,18 @@
 """``covidnet serve`` in a subprocess, a tiny DICOM study, and a JSON POST."""
 
-import base64
 import contextlib
-import io
 import json
-import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-import zipfile
 from pathlib import Path
-import numpy as np
-import pandas as pd
-import pytest
-import yaml
-from covidnet.params import load_params, section
-from covidnet.preprocess.params import PreprocessParams
-from covidnet.serve.answer import results
-from covidnet.serve.bundle import load_bundle
-from covidnet.serve.params import ServeParams
-from covidnet.serve.study import ServeInputError, tensor_batch
-from covidnet.serve.client import PredictError, send_study, v2_zip_request, zip_folder
-from covidnet.serve.study import extract_zip, studies_from_folder
-from covidnet.serve.lesions import lung_abnormality
-from covidnet.synthetic.dicom_writer import SeriesHeader, write_series
 
+import numpy as np
+
+from covidnet.synthetic.dicom_writer import SeriesHeader, write_series
 
 NAME = "covidnet"
 

@@ -1,37 +1,12 @@
 """Tiny preprocessed cohorts and train settings that train in seconds on a CPU."""
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
-import numpy as np
-import pandas as pd
-import pytest
-import torch
-from covidnet.model.builders import ModelParams
-from covidnet.train.checkpoint import load_checkpoint
-from covidnet.train.loop import train_model
-from covidnet.train.params import ResumeError, TrainDataError, TrainParams, TrainPaths
-import dataclasses
-import json
-import sys
-from pathlib import Path
-import numpy as np
-import pandas as pd
-import pytest
-import torch
-from covidnet.params import load_params, section
-from covidnet.model.card import ModelCard
-from covidnet.model.inference import score, sigmoid
-from covidnet.preprocess.qc import QC_VALUES
-from covidnet.monitor.reference import ReferenceProfileError, load_reference, reference_tables
-from covidnet.serve.answer import load_qc_reference, qc_reference
-from covidnet.serve.params import ServeParams
-from covidnet.train.loop import train_model
 
+import numpy as np
+import pandas as pd
+
+from covidnet.model.builders import ModelParams
+from covidnet.train.params import TrainParams, TrainPaths
 
 SHAPE = (1, 8, 24, 24)
 

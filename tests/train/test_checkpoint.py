@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import covidnet.train.loop as loop
-from covidnet.train.checkpoint import (LAST, NOT_COMPARED, config_diff, load_checkpoint, resume_state,
-                                       save_checkpoint)
+from covidnet.train.checkpoint import LAST, NOT_COMPARED, config_diff, load_checkpoint, resume_state, save_checkpoint
 from covidnet.train.loop import train_model
 from covidnet.train.params import ResumeError, TrainPaths
 from support.train import PRE, TINY, tiny_cohort, train_params, train_paths

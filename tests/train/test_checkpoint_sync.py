@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from covidnet.train.checkpoint_sync import S3Mirror, download, parse_s3
 from covidnet.params import ParamsError
+from covidnet.train.checkpoint_sync import S3Mirror, download, parse_s3
 
 
 def test_parse_s3():

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from covidnet.train.launch import checkpoint_key, resolve_nproc, torchrun_command, train_command, train_in_pod
 from covidnet.params import ParamsError
+from covidnet.train.launch import checkpoint_key, resolve_nproc, torchrun_command, train_command, train_in_pod
 from support import REPO
-
 
 
 def test_resolve_nproc_on_a_cpu():

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from covidnet.params import DEFAULT_PARAMS
 from covidnet.errors import InputError
+from covidnet.params import DEFAULT_PARAMS
 
 DESCRIPTION = """\
 drift        drift report over a window of the prediction log against the reference profile of

@@ -137,9 +137,9 @@ def _pytorchjob(args: Any) -> int:
     import yaml
 
     from covidnet.atomic import write_text
-    from covidnet.params import load_params, profile_name
     from covidnet.kfp.params import pipeline_params
     from covidnet.kfp.pytorchjob import pytorchjob_manifest
+    from covidnet.params import load_params, profile_name
 
     params = load_params(args.params, profile=args.profile)
     settings = pipeline_params(params)

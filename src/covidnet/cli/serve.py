@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
         kserve_model.main(argv)
         return 0
     from covidnet.params import load_params, section
-    from covidnet.serve.params import ServeParams
     from covidnet.serve.client import send_study
+    from covidnet.serve.params import ServeParams
 
     model = args.model or section(load_params(args.params), "serve", ServeParams).model_name
     print(json.dumps(send_study(args.path, args.url, model, args.encoding, args.timeout), indent=2))

@@ -13,9 +13,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from covidnet.params import DEFAULT_PARAMS
-from typing import Any
 
 
 @dataclass(frozen=True)

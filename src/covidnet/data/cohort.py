@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
 from covidnet.errors import CovidnetError
 
 PATIENTS_FILE = "patients.csv"

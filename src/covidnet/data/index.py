@@ -1,6 +1,6 @@
 """The header tables of a DICOM tree on disk (``series.csv``, ``files.csv``, ``skipped.csv``).
 
-``validate`` writes them (:func:`write_index`) from :func:`covidnet.data.dicom.index_tree`;
+``validate`` writes them (:func:`write_index`) from :func:`covidnet.data.series.index_tree`;
 ``exclude`` and ``preprocess`` read them back (:func:`load_index`).
 """
 
@@ -18,7 +18,7 @@ SKIPPED_FILE = "skipped.csv"
 
 
 def write_index(index, folder: Path | str) -> None:
-    """Write a :class:`covidnet.data.dicom.DicomIndex` into ``folder`` (replaced all or nothing)."""
+    """Write a :class:`covidnet.data.series.DicomIndex` into ``folder`` (replaced all or nothing)."""
     with atomic.atomic_path(folder, directory=True) as tmp:
         index.series.to_csv(tmp / SERIES_FILE, index=False)
         index.files.to_csv(tmp / FILES_FILE, index=False)

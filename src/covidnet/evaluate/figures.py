@@ -16,9 +16,20 @@ import numpy as np
 import pandas as pd
 
 from covidnet.data.cohort import LABELS
-from covidnet.evaluate.metrics import (FIGURES, agreement_indicators, bootstrap, brier_score, cell_counts,
-                                       confusion_indicators, expected_calibration_error, figure, kappa_from_counts, rates, score_stat,
-                                       undefined_reason)
+from covidnet.evaluate.metrics import (
+    FIGURES,
+    agreement_indicators,
+    bootstrap,
+    brier_score,
+    cell_counts,
+    confusion_indicators,
+    expected_calibration_error,
+    figure,
+    kappa_from_counts,
+    rates,
+    score_stat,
+    undefined_reason,
+)
 from covidnet.evaluate.params import EvaluateParams
 from covidnet.evaluate.predictions import READER_PREFIX
 

@@ -16,7 +16,6 @@ import pandas as pd
 
 from covidnet.errors import CovidnetError
 
-
 REQUIRED = ("patient_id", "label", "score")
 
 

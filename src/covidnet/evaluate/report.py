@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-
 _CLASS_NAMES = {"covid": "COVID-19", "non_covid": "Non-COVID-19"}
 _FIG_NAMES = {"sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV", "npv": "NPV", "f1": "F1"}
 

@@ -26,7 +26,13 @@ import pandas as pd
 
 from covidnet import atomic
 from covidnet.evaluate.figures import compute_metrics, flat_metrics
-from covidnet.evaluate.metrics import Calibrator, brier_score, expected_calibration_error, fit_calibrator, reliability_curve
+from covidnet.evaluate.metrics import (
+    Calibrator,
+    brier_score,
+    expected_calibration_error,
+    fit_calibrator,
+    reliability_curve,
+)
 from covidnet.evaluate.params import EvaluateParams
 from covidnet.evaluate.predictions import read_predictions, validate_predictions
 

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from covidnet.train.launch import LaunchError, checkpoint_key, torchrun_command, train_command
-from covidnet.params import ParamsError
 from covidnet.kfp.params import PyTorchJobParams, SecretsParams, check_name
+from covidnet.params import ParamsError
+from covidnet.train.launch import LaunchError, checkpoint_key, torchrun_command, train_command
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from covidnet.params import DEFAULT_PARAMS, ParamsError, load_params, override, params_file, section
-from covidnet.kfp.params import PipelineParams, pipeline_params
-from covidnet.train.launch import check_checkpoint_dir, parse_nproc
 from covidnet.errors import CovidnetError
+from covidnet.kfp.params import PipelineParams, pipeline_params
+from covidnet.params import DEFAULT_PARAMS, ParamsError, load_params, override, params_file, section
+from covidnet.train.launch import check_checkpoint_dir, parse_nproc
 
 log = logging.getLogger(__name__)
 

@@ -45,19 +45,15 @@ https://pytorch.org/docs/stable/generated/torch.use_deterministic_algorithms.htm
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-
-from covidnet.params import ParamsError
 
 NORMS = ("instance", "group", "batch")
 STEMS = ("strided", "inplane")

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from covidnet.errors import CovidnetError
 
 log = logging.getLogger(__name__)
@@ -313,11 +314,11 @@ def run_performance(params: dict[str, Any], since: str | None = None, until: str
     """
     from covidnet.evaluate.params import EvaluateParams
     from covidnet.monitor.params import monitor_params
+    from covidnet.monitor.predlog import PredictionLog
     from covidnet.monitor.report import write_report
     from covidnet.monitor.window import time_window
     from covidnet.params import is_synthetic, section
     from covidnet.paths import Paths
-    from covidnet.monitor.predlog import PredictionLog
     from covidnet.promote.gate import PromoteParams
 
     mp = monitor_params(params)

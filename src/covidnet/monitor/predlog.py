@@ -9,7 +9,7 @@ which wins). Two tables (SQLAlchemy Core, created when missing):
     InstitutionName), ``model_name``, ``model_version``, ``mlflow_run_id`` (the training run,
     where the model's reference profile is), ``patient_hash``, ``study_hash``,
     ``score`` (the network's sigmoid output), ``probability`` (calibrated), ``threshold``,
-    ``decision``, one column per QC value (:data:`covidnet.preprocess.stage.QC_VALUES`) and
+    ``decision``, one column per QC value (:data:`covidnet.preprocess.qc.QC_VALUES`) and
     ``qc_out_of_range`` (the QC fields outside the training range, comma-separated).
 ``feedback``
     one PCR result per patient: ``patient_hash`` (unique), ``pcr_positive``, ``pcr_date``,
@@ -44,10 +44,10 @@ from typing import Any
 
 import pandas as pd
 
-from covidnet.params import is_synthetic
-from covidnet.preprocess.qc import QC_VALUES
 from covidnet.errors import CovidnetError
 from covidnet.monitor.params import LogParams
+from covidnet.params import is_synthetic
+from covidnet.preprocess.qc import QC_VALUES
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def _float_or_none(v: Any) -> float | None:
 
 def predictions_from_answers(answers: Sequence[dict], infos: Sequence[dict], key: bytes, request_id: str,
                              hospital: str | None = None, time: dt.datetime | None = None) -> list[Prediction]:
-    """Log rows for one request from :func:`covidnet.serve.bundle.results` answers and the studies' infos.
+    """Log rows for one request from :func:`covidnet.serve.answer.results` answers and the studies' infos.
 
     Args:
         answers: the per-study answers (score, probability, decision, model, qc, qc_check).

@@ -5,7 +5,7 @@ to MLflow as the run's ``covidnet`` artifact folder, hence with every registered
 
 ``reference/qc.csv``
     one row per scan of the *training* split that preprocessing read without error: the
-    per-scan QC values of ``preprocess``'s ``qc.csv`` (:data:`covidnet.preprocess.stage.QC_VALUES`: HU percentiles in
+    per-scan QC values of ``preprocess``'s ``qc.csv`` (:data:`covidnet.preprocess.qc.QC_VALUES`: HU percentiles in
     the body, lung fraction, noise in HU, slice count, slice spacing in mm), the hospital and
     the scanner columns. Scan, study and series UIDs are left out: the reference needs none.
 ``reference/val_scores.csv``
@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from covidnet.preprocess.qc import QC_VALUES
 from covidnet.errors import CovidnetError
+from covidnet.preprocess.qc import QC_VALUES
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Reference:
     """A model's reference profile: training QC values and validation scores.
 
     Attributes:
-        qc: one row per training scan, columns :data:`covidnet.preprocess.stage.QC_VALUES` (and context columns).
+        qc: one row per training scan, columns :data:`covidnet.preprocess.qc.QC_VALUES` (and context columns).
         scores: ``(n,)`` raw validation scores in [0, 1], or None when the model has none.
         source: where it was read from (for reports).
     """
@@ -60,7 +60,7 @@ def reference_tables(qc: pd.DataFrame | None, train_scan_ids: list[str], val: pd
     """The two reference tables from preprocess's ``qc.csv`` and the best epoch's validation scores.
 
     Args:
-        qc: ``preprocess``'s QC table (``scan_id``, ``error``, :data:`covidnet.preprocess.stage.QC_VALUES`, ...), or None.
+        qc: ``preprocess``'s QC table (``scan_id``, ``error``, :data:`covidnet.preprocess.qc.QC_VALUES`, ...), or None.
         train_scan_ids: the scans the model was trained on; only their rows are kept.
         val: the validation rows of the preprocessed index (``label``, ``hospital``), in the
             order of ``val_scores``.

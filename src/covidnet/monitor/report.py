@@ -26,10 +26,10 @@ import pandas as pd
 
 from covidnet.monitor.drift import DriftParams, table_series, window_verdict
 from covidnet.monitor.params import monitor_params
+from covidnet.monitor.reference import Reference, ReferenceProfileError, load_reference
 from covidnet.monitor.window import time_window
 from covidnet.params import is_synthetic
 from covidnet.paths import Paths
-from covidnet.monitor.reference import Reference, ReferenceProfileError, load_reference
 
 log = logging.getLogger(__name__)
 

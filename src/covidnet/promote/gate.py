@@ -19,7 +19,6 @@ import pandas as pd
 from covidnet.params import ParamsError
 from covidnet.promote.registry import PREDICTIONS_TAG, PromoteError
 
-
 # figures of metrics.json copied to version tags as <set>.<name> and <set>.<name>.ci
 TAGGED_FIGURES = ("accuracy", "auc", "covid.sensitivity", "covid.specificity", "covid.ppv", "covid.npv",
                   "covid.f1")

@@ -48,11 +48,29 @@ from typing import Any
 
 from covidnet import atomic
 from covidnet.model.card import ModelCard, ModelFolderError
-from covidnet.promote.gate import (Decision, PromoteParams, Rule, champion_rule, figure_tags, lower_bound_rule,
-                                   read_test_predictions)
-from covidnet.promote.registry import (CHALLENGER, CHAMPION, DECISION_TAG, PREDICTIONS_TAG, PREVIOUS, THRESHOLD_TAG,
-                                       PromoteError, Rollback, alias_version, ensure_registered_model,
-                                       logged_model_id, rollback)
+from covidnet.promote.gate import (
+    Decision,
+    PromoteParams,
+    Rule,
+    champion_rule,
+    figure_tags,
+    lower_bound_rule,
+    read_test_predictions,
+)
+from covidnet.promote.registry import (
+    CHALLENGER,
+    CHAMPION,
+    DECISION_TAG,
+    PREDICTIONS_TAG,
+    PREVIOUS,
+    THRESHOLD_TAG,
+    PromoteError,
+    Rollback,
+    alias_version,
+    ensure_registered_model,
+    logged_model_id,
+    rollback,
+)
 
 log = logging.getLogger(__name__)
 

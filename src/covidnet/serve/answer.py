@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 def qc_reference(table, percentiles: tuple[float, float] = (1.0, 99.0), margin: float = 0.0,
                  source: str = "qc.csv") -> dict[str, Any]:
-    """Reference range of each pixel QC value (:data:`covidnet.preprocess.stage.PIXEL_QC`) from a training
+    """Reference range of each pixel QC value (:data:`covidnet.preprocess.qc.PIXEL_QC`) from a training
     QC table (``preprocess``'s ``qc.csv``).
 
     Rows with an ``error`` are dropped; when a ``split`` column names a ``train`` split, only its

@@ -27,7 +27,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-
 from covidnet.data.series import SeriesParams
 from covidnet.evaluate.metrics import Calibrator
 from covidnet.params import ParamsError

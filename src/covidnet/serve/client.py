@@ -12,7 +12,7 @@ an ``s3://`` reference
     the same V2 request with the reference instead of the zip: the server fetches the study.
 
 Every way returns the per-study answers (the ``result`` documents of
-:func:`covidnet.serve.bundle.answer`).
+:func:`covidnet.serve.answer.answer`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
+
 from covidnet.errors import CovidnetError, InputError, MissingInputError
 
 ENCODINGS = ("binary", "base64")

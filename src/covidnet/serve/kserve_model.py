@@ -16,16 +16,16 @@ import torch
 from kserve import InferOutput, InferRequest, InferResponse
 from kserve.errors import InvalidInput
 
+from covidnet.model.inference import score
 from covidnet.monitor.serving import FEEDBACK_ROUTE, ServingMonitor, feedback_endpoint, request_hospital
 from covidnet.params import load_params, section
-from covidnet.model.inference import score
 from covidnet.serve.answer import results
 from covidnet.serve.bundle import load_bundle
 from covidnet.serve.http import BodyLimit
 from covidnet.serve.params import ServeParams
 from covidnet.serve.request import request_studies
-from covidnet.serve.study import ServeInputError
 from covidnet.serve.source import fetch_model
+from covidnet.serve.study import ServeInputError
 from covidnet.tracking import mlflow_params
 
 

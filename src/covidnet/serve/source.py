@@ -27,6 +27,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
 from covidnet.errors import CovidnetError, MissingInputError
 
 log = logging.getLogger(__name__)

@@ -3,8 +3,8 @@
 * :func:`extract_zip` unpacks one uploaded study zip into a folder, refusing members that
   escape it (zip slip), too many members and too many uncompressed bytes (zip bomb);
 * :func:`studies_from_folder` runs the very functions the pipeline runs —
-  :func:`covidnet.data.dicom.index_tree` (series selection) and
-  :func:`covidnet.preprocess.stage.preprocess_series` — and returns one ``(1, D, C, C)`` tensor per
+  :func:`covidnet.data.series.index_tree` (series selection) and
+  :func:`covidnet.preprocess.series.preprocess_series` — and returns one ``(1, D, C, C)`` tensor per
   study with the chosen SeriesInstanceUID, why it was chosen, the QC values and the lesion
   fractions (:mod:`covidnet.serve.lesions`);
 * :func:`study_zip` (zip bytes), :func:`decode_base64` (base64 text to bytes) and
@@ -27,9 +27,9 @@ import numpy as np
 
 from covidnet.data.pixels import SeriesReadError
 from covidnet.data.series import SeriesParams, index_tree
+from covidnet.errors import CovidnetError
 from covidnet.preprocess.params import PreprocessParams
 from covidnet.preprocess.series import preprocess_series
-from covidnet.errors import CovidnetError
 from covidnet.serve.params import ServeParams
 
 if TYPE_CHECKING:

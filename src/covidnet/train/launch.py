@@ -178,11 +178,11 @@ def train_in_pod(params: dict[str, Any], params_text: str, paths: Any, nproc_per
     import contextlib
     import dataclasses
 
-    from covidnet.params import profile_name, section
     from covidnet.model.card import ModelCard
-    from covidnet.train.stage import run_train
+    from covidnet.params import profile_name, section
     from covidnet.tracking import data_version
     from covidnet.train.params import TrainParams
+    from covidnet.train.stage import run_train
 
     tparams = section(params, "train", TrainParams)
     nproc = resolve_nproc(nproc_per_node, tparams.device, key="nproc_per_node")

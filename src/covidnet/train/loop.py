@@ -33,8 +33,17 @@ import numpy as np
 import pandas as pd
 
 from covidnet.model.inference import sigmoid
-from covidnet.train.checkpoint import (BEST, LAST, best_state, check_resume_mode, last_state, load_checkpoint,
-                                       mark_logged, resume_state, save_checkpoint)
+from covidnet.train.checkpoint import (
+    BEST,
+    LAST,
+    best_state,
+    check_resume_mode,
+    last_state,
+    load_checkpoint,
+    mark_logged,
+    resume_state,
+    save_checkpoint,
+)
 from covidnet.train.data import TensorSet, collate
 from covidnet.train.ddp import all_reduce_mean, barrier, init_distributed, wrap_model
 from covidnet.train.outputs import write_outputs

@@ -10,7 +10,7 @@ from covidnet.validate.messages import ValidationReport
 
 @dataclass(frozen=True)
 class ValidateResult:
-    """The index of the DICOM tree (:class:`covidnet.data.dicom.DicomIndex`) and the report."""
+    """The index of the DICOM tree (:class:`covidnet.data.series.DicomIndex`) and the report."""
 
     index: Any
     report: ValidationReport
@@ -33,8 +33,8 @@ def run_validate(params: dict[str, Any], paths, progress: bool = True) -> Valida
     results go to ``paths.validation``.
     """
     from covidnet.data.cohort import read_manifest
-    from covidnet.data.series import SeriesParams, index_tree
     from covidnet.data.index import write_index
+    from covidnet.data.series import SeriesParams, index_tree
     from covidnet.params import is_synthetic, section
     from covidnet.validate.cohort import validate_cohort
     from covidnet.validate.suites import ValidateParams

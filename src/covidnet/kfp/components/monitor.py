@@ -8,10 +8,10 @@ Kubernetes secrets. An alarm fails the task (after the report is written) when
 ``fail_on_alarm`` is set, so a scheduled run turns red and the usual run alerts fire.
 """
 
-from kfp import dsl
 from kfp.dsl import HTML, Dataset, Metrics, Output
 
 from covidnet.kfp.components.stages import IMAGE
+from kfp import dsl
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -25,8 +25,8 @@ def monitor_drift(params_yaml: str, profile: str, report: Output[HTML], drift_js
     import tempfile
     from pathlib import Path
 
-    from covidnet.monitor.report import run_drift
     from covidnet.kfp.runner import log_metrics, stage_failure, stage_params
+    from covidnet.monitor.report import run_drift
 
     with stage_failure("monitor_drift", report.path, drift_json.path, drift.path):
         params = stage_params(params_yaml, profile)

@@ -9,10 +9,10 @@ needs ``create``, ``get`` and ``delete`` on ``pytorchjobs.kubeflow.org``
 for the Kubernetes API.
 """
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 from covidnet.kfp.components.stages import IMAGE
+from kfp import dsl
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -21,8 +21,8 @@ def train_pytorchjob(params_yaml: str, profile: str, preprocessed: Input[Dataset
     """Train as a PyTorchJob of ``pipeline.pytorchjob.nodes`` pods x ``gpus_per_node`` GPUs; wait for it."""
     from pathlib import Path
 
-    from covidnet.kfp.runner import log_metrics, stage_failure, stage_params
     from covidnet.kfp.pytorchjob import train_with_pytorchjob
+    from covidnet.kfp.runner import log_metrics, stage_failure, stage_params
 
     with stage_failure("train_pytorchjob", model.path, train_report.path, train_metrics.path):
         params = stage_params(params_yaml, profile)

@@ -16,8 +16,9 @@ model, evaluation) and files where it writes a file (split table, decision recor
 """
 
 
-from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+from kfp import dsl
 
 #: The project image every component runs in: ``docker build -t REGISTRY/covidnet:0.1.0 .``
 #: (pipelines/README.md). Keep in step with the package version.
@@ -74,9 +75,9 @@ def validate(params_yaml: str, profile: str, dicom: Input[Dataset], manifest: In
 def exclude(params_yaml: str, profile: str, manifest: Input[Dataset], index: Input[Dataset],
             cohort: Output[Dataset]):
     """Apply the exclusion criteria (cohort.csv, exclusions.csv, flow.json)."""
+    from covidnet.data.exclude import run_exclude
     from covidnet.kfp.runner import stage_failure, stage_params
     from covidnet.paths import Paths
-    from covidnet.data.exclude import run_exclude
 
     with stage_failure("exclude", cohort.path):
         params = stage_params(params_yaml, profile)
@@ -91,9 +92,9 @@ def split(params_yaml: str, profile: str, cohort: Input[Dataset], split_table: O
     import tempfile
     from pathlib import Path
 
+    from covidnet.data.split import run_split
     from covidnet.kfp.runner import log_metrics, stage_failure, stage_params
     from covidnet.paths import Paths
-    from covidnet.data.split import run_split
 
     with stage_failure("split", split_table.path, flow.path, cohort_metrics.path):
         params = stage_params(params_yaml, profile)
@@ -158,9 +159,9 @@ def evaluate(params_yaml: str, profile: str, model: Input[Model], preprocessed: 
     import shutil
     from pathlib import Path
 
+    from covidnet.evaluate.stage import run_evaluate
     from covidnet.kfp.runner import log_classification, log_metrics, stage_failure, stage_params
     from covidnet.paths import Paths
-    from covidnet.evaluate.stage import run_evaluate
 
     with stage_failure("evaluate", evaluation.path, calibrator.path, metrics.path, roc.path, report.path):
         params = stage_params(params_yaml, profile)

@@ -20,11 +20,12 @@ The promotion gate is decided inside the promote component (``dsl.If`` is not ev
 
 from typing import Any, NamedTuple
 
-from kfp import dsl, kubernetes
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Markdown, Metrics, Model
 
 from covidnet.kfp.components import pytorchjob as d
 from covidnet.kfp.components import stages as c
+from kfp import dsl, kubernetes
+
 Outputs = NamedTuple("Outputs", [("cohort_metrics", Metrics), ("flow", Markdown), ("train_metrics", Metrics),
                                  ("model", Model), ("metrics", Metrics), ("roc", ClassificationMetrics),
                                  ("report", HTML), ("decision", Dataset), ("gate", Metrics)])

@@ -14,10 +14,11 @@ section of params, as for the other pipelines. Registered as ``covidnet-monitor`
 
 from typing import Any, NamedTuple
 
-from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Dataset, Metrics
 
 from covidnet.kfp.components import monitor as m
+from kfp import dsl, kubernetes
+
 Outputs = NamedTuple("Outputs", [("report", HTML), ("drift_json", Dataset), ("drift", Metrics)])
 
 

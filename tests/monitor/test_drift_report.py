@@ -10,9 +10,9 @@ import yaml
 
 from covidnet.cli import main as cli
 from covidnet.model.card import ModelCard
+from covidnet.model.reference import ReferenceProfileError
 from covidnet.monitor.params import monitor_params
 from covidnet.monitor.predlog import PredictionLog
-from covidnet.monitor.reference import ReferenceProfileError
 from covidnet.monitor.report import ALARM_EXIT, drift_report, find_reference
 from covidnet.monitor.window import parse_time, time_window
 from covidnet.params import load_params

@@ -9,9 +9,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from covidnet.model.reference import load_reference
 from covidnet.monitor.params import monitor_params
 from covidnet.monitor.prometheus import MonitorMetrics
-from covidnet.monitor.reference import load_reference
 from covidnet.params import load_params
 from support import REPO
 from support.monitor import model_folder, rows

@@ -2,7 +2,7 @@
 
 For each monitored series (a QC feature, or the network's raw score) a window of served
 values is compared with the reference values of the model that served them
-(:mod:`covidnet.monitor.reference`: its training scans' QC values, its validation scores):
+(:mod:`covidnet.model.reference`: its training scans' QC values, its validation scores):
 
 * **PSI**, the population stability index ``sum_i (q_i - p_i) ln(q_i / p_i)`` over bins whose
   edges are the reference's quantiles ``1/bins ... (bins-1)/bins`` (:func:`quantile_edges`; each bin holds about

@@ -42,7 +42,7 @@ class MonitorMetrics:
 
     Args:
         model_name, model_version: label values of every series.
-        reference: the model's reference profile (:class:`covidnet.monitor.reference.Reference`), or
+        reference: the model's reference profile (:class:`covidnet.model.reference.Reference`), or
             None (no drift gauges then, only counts).
         params: :class:`covidnet.monitor.params.MonitorParams` (drift rule, window size, bins).
         registry: where to register; default ``prometheus_client.REGISTRY`` (what KServe serves).

@@ -2,7 +2,7 @@
 
 :func:`drift_report` reads the log's rows of a time window (:mod:`covidnet.monitor.predlog`), groups
 them by the model version that served them, finds each version's reference profile
-(:mod:`covidnet.monitor.reference`: in a local model folder whose version matches, else in the MLflow
+(:mod:`covidnet.model.reference`: in a local model folder whose version matches, else in the MLflow
 registry, where the profile travels in the training run's ``covidnet/reference`` artifacts),
 and judges each group with :func:`covidnet.monitor.drift.window_verdict`: per QC feature and for the
 score, PSI and KS against the reference, plus the score distribution (quantiles, fraction
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from covidnet.model.reference import Reference, ReferenceProfileError, load_reference
 from covidnet.monitor.drift import DriftParams, table_series, window_verdict
 from covidnet.monitor.params import monitor_params
-from covidnet.monitor.reference import Reference, ReferenceProfileError, load_reference
 from covidnet.monitor.window import time_window
 from covidnet.params import is_synthetic
 from covidnet.paths import Paths

@@ -4,7 +4,7 @@ The KServe model (:mod:`covidnet.serve.kserve_model`) opens a :class:`ServingMon
 ``load()``: the prediction log (:mod:`covidnet.monitor.predlog`; a database that cannot be reached
 raises :class:`covidnet.monitor.predlog.PredLogError`, so the model never becomes ready and KServe
 does not start: no unlogged prediction is ever served), the model's reference profile (from
-the served model folder, :mod:`covidnet.monitor.reference`) and the Prometheus series
+the served model folder, :mod:`covidnet.model.reference`) and the Prometheus series
 (:mod:`covidnet.monitor.prometheus`, in the registry KServe's ``/metrics`` serves), whose rolling
 drift window is filled from the log's last rows of this model version.
 
@@ -66,9 +66,9 @@ class ServingMonitor:
             PredLogError: the log's database cannot be reached, or no hash key (the server must
                 not become ready).
         """
+        from covidnet.model.reference import ReferenceProfileError, load_reference
         from covidnet.monitor.params import monitor_params
         from covidnet.monitor.prometheus import MonitorMetrics
-        from covidnet.monitor.reference import ReferenceProfileError, load_reference
 
         mp = monitor_params(params)
         try:

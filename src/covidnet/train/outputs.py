@@ -1,7 +1,7 @@
 """What a finished training leaves behind: the model folder and the stage's report.
 
 * The model folder (through :class:`covidnet.model.card.ModelCard`): the best epoch's
-  weights, the card, and the model's reference profile (:mod:`covidnet.monitor.reference`):
+  weights, the card, and the model's reference profile (:mod:`covidnet.model.reference`):
   the QC values of its training scans and its validation scores at the best epoch, what
   serving and the monitor compare live traffic with.
 * The report folder: ``metrics.json`` (the best epoch's figures, DVC metrics) and
@@ -57,8 +57,8 @@ def write_outputs(paths: TrainPaths, config: dict, result: TrainResult, provenan
 
 def _write_reference(model_dir: Path, qc_csv: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame,
                      val_logits) -> dict[str, Any]:
-    """The reference profile (:mod:`covidnet.monitor.reference`) into ``model_dir``; the card keys naming it."""
-    from covidnet.monitor.reference import reference_tables
+    """The reference profile (:mod:`covidnet.model.reference`) into ``model_dir``; the card keys naming it."""
+    from covidnet.model.reference import reference_tables
 
     qc = pd.read_csv(qc_csv, dtype={"scan_id": str}) if qc_csv.is_file() else None
     if qc is None:

@@ -14,7 +14,7 @@ import torch
 
 from covidnet.model.card import ModelCard
 from covidnet.model.inference import score, sigmoid
-from covidnet.monitor.reference import ReferenceProfileError, load_reference, reference_tables
+from covidnet.model.reference import ReferenceProfileError, load_reference, reference_tables
 from covidnet.params import load_params, section
 from covidnet.preprocess.qc import QC_VALUES
 from covidnet.serve.answer import load_qc_reference, qc_reference

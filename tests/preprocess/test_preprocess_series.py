@@ -6,28 +6,12 @@ import numpy as np
 import pytest
 
 from covidnet.data.pixels import read_volume_hu
-from covidnet.data.series import SeriesParams, index_tree
+from covidnet.data.series import index_tree
 from covidnet.preprocess.array import clip_scale, resize_crop
-from covidnet.preprocess.params import PreprocessParams
 from covidnet.preprocess.qc import QC_VALUES
 from covidnet.preprocess.series import preprocess_series
 from covidnet.synthetic.dicom_writer import SeriesHeader, write_series
-
-SERIES = SeriesParams(min_slices=4, max_gap_ratio=1.5, duplicate_tol_mm=0.01, orientation_tol=1e-3, axial_tol=0.1,
-                      workers=1)
-
-
-def _params(**kw):
-    base = dict(hu_min=-1024.0, hu_max=1024.0, depth=8, size=40, crop=30, dtype="float32",
-                body_hu=-500.0, lung_hu=(-950.0, -400.0), workers=1)
-    return PreprocessParams(**{**base, **kw})
-
-
-def _volume(d=21, h=36, w=44, seed=0):
-    rng = np.random.default_rng(seed)
-    vol = rng.integers(-1500, 2000, size=(d, h, w)).astype(np.float64)  # beyond the clip window on purpose
-    vol[:, 10:20, 12:30] = -800  # an air pocket, a body block
-    return vol
+from support.preprocess import SERIES, hu_volume, preprocess_params
 
 
 def _write(root: Path, vol, codec="none", slope=1.0, intercept=-1024.0, signed=1, uid="t"):
@@ -46,8 +30,8 @@ def _write(root: Path, vol, codec="none", slope=1.0, intercept=-1024.0, signed=1
 @pytest.mark.parametrize("depth,size,crop", [(8, 40, 30), (30, 64, 64), (5, 17, 9), (21, 36, 20)])  # 36: rows not resized
 def test_fast_path_equals_whole_volume_reference(tmp_path, codec, slope, intercept, signed, depth, size, crop):
     """Reading only needed slices/rows gives the plain definition's numbers (tolerance 1e-5)."""
-    index, files, shape = _write(tmp_path, _volume(), codec, slope, intercept, signed)
-    p = _params(depth=depth, size=size, crop=crop)
+    index, files, shape = _write(tmp_path, hu_volume(), codec, slope, intercept, signed)
+    p = preprocess_params(depth=depth, size=size, crop=crop)
     ours, qc = preprocess_series(files, tmp_path, p, shape=shape)
     hu = read_volume_hu(files, tmp_path, shape)
     ref = resize_crop(clip_scale(hu, p.hu_min, p.hu_max), depth, size, crop)
@@ -63,9 +47,9 @@ def test_fast_path_equals_whole_volume_reference(tmp_path, codec, slope, interce
 def test_matches_monai_chain(tmp_path):
     """MONAI's LoadImage(PydicomReader) -> ScaleIntensityRange -> Resize -> CenterSpatialCrop, within 1e-3."""
     monai_t = pytest.importorskip("monai.transforms")
-    vol = _volume(d=19, h=32, w=32, seed=3)
+    vol = hu_volume(d=19, h=32, w=32, seed=3)
     index, files, shape = _write(tmp_path, vol)
-    p = _params(depth=8, size=48, crop=36)
+    p = preprocess_params(depth=8, size=48, crop=36)
     ours, _ = preprocess_series(files, tmp_path, p, shape=shape)
     chain = monai_t.Compose([
         monai_t.LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True),
@@ -85,7 +69,7 @@ def test_lesion_raises_values_where_drawn(tmp_path):
     vol_b = vol.copy()
     vol_b[6:10, 16:24, 16:24] = -600  # a ground-glass patch
     _, files_b, _ = _write(tmp_path / "b", vol_b, uid="b")
-    p = _params(depth=8, size=32, crop=32)
+    p = preprocess_params(depth=8, size=32, crop=32)
     a, _ = preprocess_series(files_a, tmp_path / "a", p, shape=shape)
     b, _ = preprocess_series(files_b, tmp_path / "b", p, shape=shape)
     diff = b - a

@@ -5,32 +5,16 @@ import pandas as pd
 import pytest
 
 from covidnet.data.pixels import SeriesReadError
-from covidnet.data.series import SeriesParams, index_tree
-from covidnet.preprocess.params import PreprocessParams
+from covidnet.data.series import index_tree
 from covidnet.preprocess.stage import preprocess_cohort
 from covidnet.synthetic.dicom_writer import SeriesHeader, write_series
-
-SERIES = SeriesParams(min_slices=4, max_gap_ratio=1.5, duplicate_tol_mm=0.01, orientation_tol=1e-3, axial_tol=0.1,
-                      workers=1)
-
-
-def _params(**kw):
-    base = dict(hu_min=-1024.0, hu_max=1024.0, depth=8, size=40, crop=30, dtype="float32",
-                body_hu=-500.0, lung_hu=(-950.0, -400.0), workers=1)
-    return PreprocessParams(**{**base, **kw})
-
-
-def _volume(d=21, h=36, w=44, seed=0):
-    rng = np.random.default_rng(seed)
-    vol = rng.integers(-1500, 2000, size=(d, h, w)).astype(np.float64)  # beyond the clip window on purpose
-    vol[:, 10:20, 12:30] = -800  # an air pocket, a body block
-    return vol
+from support.preprocess import SERIES, hu_volume, preprocess_params
 
 
 def _cohort_fixture(tmp_path, n=3):
     root = tmp_path / "dicom"
     for i in range(n):
-        write_series(root / f"s{i}", _volume(seed=i), (2.5, 0.8, 0.8), header=SeriesHeader(uid_entropy=f"s{i}"))
+        write_series(root / f"s{i}", hu_volume(seed=i), (2.5, 0.8, 0.8), header=SeriesHeader(uid_entropy=f"s{i}"))
     index = index_tree(root, SERIES)
     sel = index.series[index.series.selected]
     split = pd.DataFrame({"patient_id": [f"p{i}" for i in range(n)], "study_uid": sel.study_uid.to_numpy(),
@@ -42,7 +26,7 @@ def _cohort_fixture(tmp_path, n=3):
 def test_cohort_stage_writes_index_qc_and_reuses(tmp_path):
     root, index, split = _cohort_fixture(tmp_path)
     out = tmp_path / "pre"
-    p = _params(dtype="float16", workers=2)
+    p = preprocess_params(dtype="float16", workers=2)
     s1 = preprocess_cohort(split, index.series, index.files, root, out, p, progress=False)
     assert (s1.n_scans, s1.n_reused, s1.n_failed) == (3, 0, 0)
     idx = pd.read_csv(out / "index.csv")
@@ -53,7 +37,7 @@ def test_cohort_stage_writes_index_qc_and_reuses(tmp_path):
     s2 = preprocess_cohort(split, index.series, index.files, root, out, p, progress=False)
     assert s2.n_reused == 3
     # other parameters: new tensors, the old ones are pruned
-    s3 = preprocess_cohort(split, index.series, index.files, root, out, _params(depth=6), progress=False)
+    s3 = preprocess_cohort(split, index.series, index.files, root, out, preprocess_params(depth=6), progress=False)
     assert s3.n_reused == 0 and len(list((out / "tensors").glob("*.npy"))) == 3
 
 
@@ -62,7 +46,7 @@ def test_undecodable_scan_is_reported_not_fatal(tmp_path):
     victim = index.files[index.files.series_uid == split.series_uid[1]].path.iloc[4]
     (root / victim).write_bytes((root / victim).read_bytes()[:-3000])  # truncate after indexing
     out = tmp_path / "pre"
-    s = preprocess_cohort(split, index.series, index.files, root, out, _params(), progress=False)
+    s = preprocess_cohort(split, index.series, index.files, root, out, preprocess_params(), progress=False)
     assert (s.n_scans, s.n_failed) == (2, 1)
     qc = pd.read_csv(out / "qc.csv", keep_default_na=False)
     err = qc.loc[qc.series_uid == split.series_uid[1], "error"].iloc[0]
@@ -75,5 +59,5 @@ def test_every_scan_failing_stops_the_stage(tmp_path):
     for path in index.files.path:
         (root / path).write_bytes((root / path).read_bytes()[:200])
     with pytest.raises(SeriesReadError, match="no scan could be preprocessed"):
-        preprocess_cohort(split, index.series, index.files, root, tmp_path / "pre", _params(), progress=False)
+        preprocess_cohort(split, index.series, index.files, root, tmp_path / "pre", preprocess_params(), progress=False)
     assert not (tmp_path / "pre" / "index.csv").exists()

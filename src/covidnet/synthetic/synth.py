@@ -215,8 +215,8 @@ def synthesize(params: SynthParams, dicom_dir: Path, manifest_dir: Path, *, work
     log.info("synthesizing %d patients, %d studies into %s", len(patients), len(tasks), dicom_dir)
     results: list[tuple[int, int, int]] = []
     with atomic_path(dicom_dir, directory=True) as tmp:
-        (tmp / "README.txt").write_text(
-            "SYNTHETIC chest CT cohort written by covidnet.synthetic.synth (phantoms, not patients).\n"
+        (tmp / "README.txt").write_text(  # worded as before the package layout: the cohort's hash is in dvc.lock
+            "SYNTHETIC chest CT cohort written by covidnet.synth (phantoms, not patients).\n"
             "Folder and file names are random; select series from the DICOM headers.\n"
         )
         bar = tqdm(total=len(tasks), desc="synth", unit="scan", disable=None)

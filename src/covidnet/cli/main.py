@@ -2,8 +2,9 @@
 
 The CLI only translates: :data:`COMMANDS` maps each command to its group module, which adds
 the command's arguments (``add_arguments(parser, command)``) and carries it out (``run(args)``,
-returning the exit status). A known failure (:class:`covidnet.errors.CovidnetError`) becomes a
-one-paragraph message and exit status 2.
+returning the exit status). A known failure (:class:`covidnet.errors.CovidnetError`, or a file
+that is not there: ``FileNotFoundError`` names it) becomes a one-paragraph message and exit
+status 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return importlib.import_module(COMMANDS[args.command][0]).run(args)
-    except CovidnetError as exc:
+    except (CovidnetError, FileNotFoundError) as exc:
         print(f"covidnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

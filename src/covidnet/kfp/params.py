@@ -8,6 +8,7 @@ Quantities are Kubernetes quantities (``"2"``, ``"500m"`` CPUs; ``64G``, ``16Gi`
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,11 @@ _MEMORY = re.compile(r"^[0-9]+(\.[0-9]+)?(E|P|T|G|M|K|Ei|Pi|Ti|Gi|Mi|Ki)?$")
 _RESOURCE = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# An image reference as Docker and Kubernetes read it: [registry[:port]/]name[/name...][:tag][@sha256:digest].
+_REGISTRY = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]+)?/)?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE = re.compile(rf"^{_REGISTRY}{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+                    r"(?P<tag>:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?P<digest>@sha256:[0-9a-f]{64})?$")
 
 
 def check_cpu(value: str, key: str) -> None:
@@ -41,10 +47,41 @@ def check_name(value: str, key: str) -> None:
                           "at most 63 characters)")
 
 
+def check_image(value: str, key: str) -> None:
+    """Raise unless ``value`` is an image reference with a tag or a digest (``covidnet:0.1.0``,
+    ``registry.example.org/ml/covidnet@sha256:...``); an untagged name would mean ``:latest``, which moves."""
+    m = _IMAGE.match(value)
+    if not m:
+        raise ParamsError(f"{key}: {value!r} is not an image reference such as 'covidnet:0.1.0' or "
+                          "'REGISTRY/covidnet@sha256:<64 hex digits>'")
+    if not (m.group("tag") or m.group("digest")):
+        raise ParamsError(f"{key}: {value!r} has neither a tag nor a digest (':0.1.0', '@sha256:...'); "
+                          "an untagged image is ':latest', which moves")
+
+
 def check_resource(value: str, key: str) -> None:
     """Raise unless ``value`` is an extended resource name such as ``nvidia.com/gpu``."""
     if not _RESOURCE.match(value):
         raise ParamsError(f"{key}: {value!r} is not a resource name such as 'nvidia.com/gpu'")
+
+
+@dataclass(frozen=True)
+class ImageParams:
+    """``pipeline.image``: the project images, named in one place.
+
+    ``cpu`` (``Dockerfile``) runs every task but train; ``cuda`` (``Dockerfile.cuda``) runs the
+    train task and the PyTorchJob's pods. The pipeline builders set each task's image from here
+    (so the compiled YAML names them), the PyTorchJob takes ``cuda``, and ``scripts/images.sh``
+    tags what it builds with these names. A tag, or a digest once pushed
+    (``REGISTRY/covidnet@sha256:...``).
+    """
+
+    cpu: str
+    cuda: str
+
+    def __post_init__(self) -> None:
+        check_image(self.cpu, "pipeline.image.cpu")
+        check_image(self.cuda, "pipeline.image.cuda")
 
 
 @dataclass(frozen=True)
@@ -144,9 +181,12 @@ class SecretsParams:
 
 @dataclass(frozen=True)
 class PyTorchJobParams:
-    """``pipeline.pytorchjob``: a Kubeflow Training Operator PyTorchJob training across nodes."""
+    """``pipeline.pytorchjob``: a Kubeflow Training Operator PyTorchJob training across nodes.
 
-    image: str
+    ``image`` is not a key of this section: :class:`PipelineParams` fills it with
+    ``pipeline.image.cuda``, so the image is named in one place.
+    """
+
     namespace: str | None
     nodes: int
     gpus_per_node: int
@@ -160,11 +200,10 @@ class PyTorchJobParams:
     timeout_s: int
     poll_s: int
     ttl_s: int
+    image: str = ""
 
     def __post_init__(self) -> None:
         key = "pipeline.pytorchjob"
-        if not self.image.strip():
-            raise ParamsError(f"{key}.image: empty")
         if self.namespace is not None:
             check_name(self.namespace, f"{key}.namespace")
         if self.nodes < 1:
@@ -206,6 +245,7 @@ class SubmitParams:
 class PipelineParams:
     """The ``pipeline`` section of params.yaml."""
 
+    image: ImageParams
     resources: ResourceParams
     retry: RetryParams
     train: TrainTaskParams
@@ -213,7 +253,15 @@ class PipelineParams:
     pytorchjob: PyTorchJobParams
     submit: SubmitParams
 
+    def __post_init__(self) -> None:
+        # The PyTorchJob's pods run the CUDA image: derived, never a second setting.
+        object.__setattr__(self, "pytorchjob", dataclasses.replace(self.pytorchjob, image=self.image.cuda))
+
 
 def pipeline_params(params: dict[str, Any]) -> PipelineParams:
     """The checked ``pipeline`` section of merged params (raises :class:`ParamsError` naming the key)."""
+    job = (params.get("pipeline") or {}).get("pytorchjob")
+    if isinstance(job, dict) and "image" in job:
+        raise ParamsError(f"{params.get('_source', 'params.yaml')}: pipeline.pytorchjob.image: the PyTorchJob's pods "
+                          "run pipeline.image.cuda (the images are named in one place); remove this key")
     return section(params, "pipeline", PipelineParams)

@@ -1,9 +1,9 @@
 """One KFP v2 lightweight component per stage, each a thin typed wrapper over the stage's ``run_*`` function.
 
-Every component runs in the project image (:data:`IMAGE`, built from ``Dockerfile``; the
-train task in :data:`CUDA_IMAGE`, from ``Dockerfile.cuda``), which holds ``covidnet`` and
-kfp, so nothing is pip-installed at run time. A component receives the params file as text
-(``params_yaml``) and a ``profile``, maps its input and output artifacts onto
+Every component runs in the project image (``pipeline.image.cpu`` of params, built from
+``Dockerfile``; the train task in ``pipeline.image.cuda``, from ``Dockerfile.cuda``), which
+holds ``covidnet`` and kfp, so nothing is pip-installed at run time. A component receives
+the params file as text (``params_yaml``) and a ``profile``, maps its input and output artifacts onto
 :class:`covidnet.paths.Paths` fields and calls the matching ``run_*`` function. Imports are
 inside the bodies (KFP ships only each function's source).
 
@@ -20,10 +20,13 @@ from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metri
 
 from kfp import dsl
 
-#: The project image every component runs in: ``docker build -t REGISTRY/covidnet:0.1.0 .``
-#: (pipelines/README.md). Keep in step with the package version.
+#: The image of a component used on its own, outside this package's pipelines (``base_image``
+#: below). The pipelines set every task's image from params, ``pipeline.image`` (the one place the
+#: images are named; :mod:`covidnet.kfp.pipelines.covidnet`), so the compiled YAML names what
+#: ``scripts/images.sh`` built and tested; these two only mirror the default params' values
+#: (tests/e2e/test_containers.py checks that they agree).
 IMAGE = "covidnet:0.1.0"
-#: The CUDA variant the train task runs in (``Dockerfile.cuda``).
+#: The CUDA variant of :data:`IMAGE` (``Dockerfile.cuda``), for train: ``pipeline.image.cuda``.
 CUDA_IMAGE = "covidnet:0.1.0-cuda"
 
 

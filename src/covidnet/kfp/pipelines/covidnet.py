@@ -2,7 +2,7 @@
 
 Three pipelines share one wiring (:func:`_stages`); each is built by a function of the
 ``pipeline`` section of params (:class:`covidnet.kfp.params.PipelineParams`), so every
-resource, retry, secret and volume comes from params.yaml, read when the pipeline is
+image, resource, retry, secret and volume comes from params.yaml, read when the pipeline is
 compiled (``covidnet pipeline compile``; the committed YAML is compiled from params.yaml):
 
 - :func:`covidnet` (``covidnet_pipeline.yaml``): the first task ``dvc get``s the cohort (DICOM
@@ -31,9 +31,11 @@ Outputs = NamedTuple("Outputs", [("cohort_metrics", Metrics), ("flow", Markdown)
                                  ("report", HTML), ("decision", Dataset), ("gate", Metrics)])
 
 
-def _limits(task: dsl.PipelineTask, settings: Any, cpu: str | None = None,
-            memory: str | None = None) -> dsl.PipelineTask:
+def _limits(task: dsl.PipelineTask, settings: Any, cpu: str | None = None, memory: str | None = None,
+            image: str | None = None) -> dsl.PipelineTask:
+    """Every task: its image (``pipeline.image``; the CPU one unless ``image``), limits, caching."""
     r = settings.resources
+    task.set_container_image(image or settings.image.cpu)
     return task.set_cpu_limit(cpu or r.cpu).set_memory_limit(memory or r.memory).set_caching_options(True)
 
 
@@ -52,7 +54,7 @@ def _train_in_pod(settings: Any, common: dict, preprocessed: Any, nproc_per_node
                   checkpoint_dir: Any) -> dsl.PipelineTask:
     r, t = settings.resources, settings.train
     task = _limits(c.train(preprocessed=preprocessed, nproc_per_node=nproc_per_node, checkpoint_dir=checkpoint_dir,
-                           **common), settings, r.train_cpu, r.train_memory)
+                           **common), settings, r.train_cpu, r.train_memory, settings.image.cuda)
     if r.gpus:
         task.set_accelerator_type(r.accelerator).set_accelerator_limit(r.gpus)
     if r.train_shm:

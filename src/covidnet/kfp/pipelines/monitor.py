@@ -7,7 +7,7 @@ against the reference profiles of the versions that served them, and fails on an
 
 The task reads the prediction log's URL from the Kubernetes secret ``pipeline.secrets.predlog``
 (its variable must be ``monitor.log.url_env``; a test checks it) and MLflow's
-settings from ``pipeline.secrets.mlflow``; its resources and retries come from the ``pipeline``
+settings from ``pipeline.secrets.mlflow``; its image, resources and retries come from the ``pipeline``
 section of params, as for the other pipelines. Registered as ``covidnet-monitor`` in
 :data:`covidnet.kfp.runner.PIPELINES`.
 """
@@ -31,6 +31,7 @@ def covidnet_monitor(settings: Any) -> Any:
         """window_hours below 0 keeps monitor.drift.window_hours; until "" = the run's start."""
         task = m.monitor_drift(params_yaml=params_yaml, profile=profile, window_hours=window_hours, until=until,
                                fail_on_alarm=fail_on_alarm)
+        task.set_container_image(settings.image.cpu)
         task.set_cpu_limit(settings.resources.cpu).set_memory_limit(settings.resources.memory)
         task.set_caching_options(False)  # the log grows and "now" moves: never reuse a report
         r = settings.retry

@@ -46,6 +46,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("covidnet.cli.serve", "send a DICOM study folder (or an s3:// reference) to a server, print the answer"),
     "pipeline": ("covidnet.cli.pipeline", "the Kubeflow pipelines: compile, run --local, submit --host URL, pytorchjob"),
     "monitor": ("covidnet.cli.monitor", "drift report, PCR feedback, live performance from the prediction log"),
+    "pacs": ("covidnet.cli.pacs", "the PACS loop: watch (DICOMweb) or listen (C-STORE), SR and overlay back into the study"),
+    "worklist": ("covidnet.cli.pacs", "the reading worklist: studies by COVID-19 probability, QC flags, time waiting"),
 }
 
 

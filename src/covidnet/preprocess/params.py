@@ -21,6 +21,21 @@ class PreprocessParams:
         body_hu: HU above which a pixel counts as body (QC only).
         lung_hu: ``(low, high)``, the HU window counted as aerated lung inside the body (QC only).
         workers: processes the cohort stage runs in.
+        decode_workers: processes that decode one series' compressed slices, this one
+            included (1: all in this process). Used where one series is preprocessed at a time
+            (serving, the benchmarks); inside the cohort stage's worker processes a series is
+            decoded in its own process, since the stage already spreads scans over the cores.
+        decoders: per compressed transfer syntax (``rle``, ``jpeg_ls``, ``jpeg2000``,
+            ``jpeg_lossless``), the decoders to use in order of preference
+            (:data:`covidnet.data.pixels.DECODERS`): the first installed one is used, the next
+            when it cannot decode a file. None, or a syntax left out: pydicom's own choice.
+            Every decoder gives the same stored values; they differ in speed. The names are
+            checked where pixels are read (:func:`covidnet.data.pixels.check_decoders`), which
+            keeps this module free of the decoders' imports.
+
+    ``decode_workers`` and ``decoders`` default to the behaviour before they existed (one
+    process, pydicom's choice), so the cards of models trained before still load; params.yaml
+    sets both.
     """
 
     hu_min: float
@@ -32,6 +47,8 @@ class PreprocessParams:
     body_hu: float
     lung_hu: tuple[float, float]
     workers: int
+    decode_workers: int = 1
+    decoders: dict[str, tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
         if not self.hu_max > self.hu_min:
@@ -43,6 +60,8 @@ class PreprocessParams:
             raise ValueError(f"preprocess.crop {self.crop} must not exceed preprocess.size {self.size}")
         if self.dtype not in ("float16", "float32"):
             raise ValueError(f"preprocess.dtype {self.dtype!r} is not one of float16, float32")
+        if self.decode_workers < 1:
+            raise ValueError(f"preprocess.decode_workers must be >= 1, got {self.decode_workers}")
 
     @property
     def key(self) -> str:

@@ -18,6 +18,7 @@ A crash between 4's two steps repeats the work with the same UIDs: the PACS keep
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,9 @@ class Job:
 
 def result_columns(answer: dict | None, reason: str | None, key: bytes) -> dict:
     """The state's result columns (:data:`covidnet.pacs.state.RESULT_COLUMNS`) from an answer, or a redacted reason."""
-    if answer is None:
-        return {"reason": redact(reason or "unknown", key)[:1024]}
+    if answer is None:  # "PACS study: study <uid> has no usable CT series (...)" -> "no usable CT series (...)"
+        text = re.sub(r"^(PACS study|zip): (study uid:[0-9a-f]+ (has )?)?", "", redact(reason or "unknown", key))
+        return {"reason": text[:1024]}
     lesions = answer.get("lesions") or {}
     return {"probability": answer["covid19_probability"], "score": answer["score"], "threshold": answer["threshold"],
             "decision": answer["decision"], "abnormal_fraction": lesions.get("abnormal_fraction"),

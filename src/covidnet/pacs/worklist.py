@@ -112,7 +112,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         ab = "" if r["abnormal_fraction"] is None else f"{100 * r['abnormal_fraction']:.1f}%"
         status = r["status"] + (f": {r['reason']}" if r["status"] == "unanalysable" and r["reason"] else "")
         lines.append((str(r["rank"]), r["study"], p, r["decision"] or "", ab, r["qc_flags"] or "",
-                      waiting_text(r["waiting_s"]), status[:60], (r["description"] or "")[:30]))
+                      waiting_text(r["waiting_s"]), status[:90], (r["description"] or "")[:30]))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 

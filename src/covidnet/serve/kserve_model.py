@@ -18,6 +18,7 @@ from kserve.errors import InvalidInput
 
 from covidnet.model.inference import score
 from covidnet.monitor.serving import FEEDBACK_ROUTE, ServingMonitor, feedback_endpoint, request_hospital
+from covidnet.pacs.worklist import WORKLIST_ROUTE, worklist_endpoint
 from covidnet.params import load_params, section
 from covidnet.serve.answer import results
 from covidnet.serve.bundle import load_bundle
@@ -94,6 +95,7 @@ def main(argv=None) -> None:
     model.load()
     kserve.model_server.app.add_middleware(BodyLimit, max_bytes=int(sp.max_body_mb * 2**20))
     kserve.model_server.app.add_route(FEEDBACK_ROUTE, feedback_endpoint(model.monitor), methods=["POST"])
+    kserve.model_server.app.add_route(WORKLIST_ROUTE, worklist_endpoint(params, model.monitor.log), methods=["GET"])
     kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc,
                        workers=args.workers).start([model])
 

@@ -1,4 +1,4 @@
-"""``covidnet serve`` in a subprocess, a tiny DICOM study, and a JSON POST."""
+"""``covidnet serve`` in a subprocess, a tiny trained model and its params, a tiny DICOM study, and a JSON POST."""
 
 import contextlib
 import json
@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from covidnet.synthetic.dicom_writer import SeriesHeader, write_series
 
@@ -21,6 +22,50 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def tiny_model(tmp: Path) -> Path:
+    """A tiny model trained for one epoch into ``tmp/model`` (as tests/train does); the folder."""
+    from covidnet.train.loop import train_model
+    from support.train import PRE, TINY, tiny_cohort, train_params, train_paths
+
+    index = tiny_cohort(tmp / "pre", n_train=4, n_val=2)
+    train_model(index, train_paths(tmp), TINY, train_params(epochs=1, batch_size=2),
+                {**PRE, "dtype": "float16", "body_hu": -500.0, "lung_hu": [-950.0, -400.0], "workers": 1},
+                progress=False)
+    return tmp / "model"
+
+
+def serve_params(tmp: Path, **serve) -> Path:
+    """The repository's params with the ``tiny`` profile and ``serve`` values replaced, as ``tmp/params.yaml``."""
+    from support import REPO
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["profile"] = "tiny"
+    params["serve"].update(serve)
+    params["paths"]["calibrator"] = str(tmp / "calibrator.json")
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp / "params.yaml"
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str = "studies"):
+    """moto's S3 server on a free loopback port with one bucket: ``{"env": ..., "client": boto3 client}``."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    host, port = moto.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    try:
+        yield {"env": env, "client": client}
+    finally:
+        moto.stop()
 
 
 def start_server(args: list[str], cwd: Path, env: dict, log_path: Path, model: str = NAME,

@@ -1,20 +1,26 @@
 """COVIDNet as a KServe model: DICOM study zips, s3:// references or tensors in, per-study answers out.
 
-Run: ``covidnet serve`` (the champion of the local MLflow store), or ``python
+Run: ``covidnet serve`` (the champion of the local MLflow store), or ``python -m
 covidnet.serve.kserve_model --model_dir /mnt/models --http_port 8080`` (any KServe ModelServer flag
-works). The logic lives in ``covidnet.serve.bundle*``; series selection and preprocessing are the
-pipeline's own functions.
+works). The logic lives in ``covidnet.serve.*`` (the bundle, the request's decoding, the
+answer); series selection and preprocessing are the pipeline's own functions. Where KServe
+0.21 falls short of the Open Inference Protocol, :mod:`covidnet.serve.routes` answers instead
+(serving/README.md, "KServe's gaps").
 """
 
 import argparse
 import asyncio
 import json
+import logging
+import re
+import uuid
 
 import kserve
 import numpy as np
 import torch
-from kserve import InferOutput, InferRequest, InferResponse
+from kserve import InferOutput, InferResponse
 from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import RequestedOutput
 
 from covidnet.model.inference import score
 from covidnet.monitor.serving import FEEDBACK_ROUTE, ServingMonitor, feedback_endpoint, request_hospital
@@ -23,11 +29,20 @@ from covidnet.params import load_params, section
 from covidnet.serve.answer import results
 from covidnet.serve.bundle import load_bundle
 from covidnet.serve.http import BodyLimit
+from covidnet.serve.oip import OipRequest, from_infer_request, model_metadata
 from covidnet.serve.params import ServeParams
+from covidnet.serve.redact import hashed, install
 from covidnet.serve.request import request_studies
 from covidnet.serve.source import fetch_model
 from covidnet.serve.study import ServeInputError
 from covidnet.tracking import mlflow_params
+
+log = logging.getLogger(__name__)
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class Refused(InvalidInput):
+    """A client's mistake, logged already without identifiers: a 400 with the message, logged by no one else."""
 
 
 class COVIDNetModel(kserve.Model):
@@ -40,22 +55,45 @@ class COVIDNetModel(kserve.Model):
         self.source = fetch_model(self.model_uri, mlflow_params(self.params).tracking_uri)
         self.bundle = load_bundle(self.source, self.params, self.name)
         self.monitor = ServingMonitor.open(self.params, self.bundle)  # log unreachable: raises, never ready
+        self.version = str(self.bundle.model["version"])
+        self.metadata = model_metadata(self.name, self.version, self.bundle.shape)
         score(self.bundle.net, [torch.zeros((1, *self.bundle.shape))], self.bundle.device)  # warm-up
         self.ready = True
         return self.ready
 
+    def get_input_types(self) -> list[dict]:  # KServe's V2 metadata (gRPC ModelMetadata) reads these
+        return self.metadata["inputs"]
+
+    def get_output_types(self) -> list[dict]:
+        return self.metadata["outputs"]
+
+    def request_id(self, headers: dict | None, payload=None) -> str:
+        """The client's ``x-request-id`` header or V2 ``id`` when it looks like an id, else a new one."""
+        for rid in ((headers or {}).get("x-request-id"), getattr(payload, "id", None)):
+            if isinstance(rid, str) and _SAFE_ID.match(rid):
+                return rid
+        return uuid.uuid4().hex
+
+    def refuse(self, exc: ServeInputError, rid: str, grpc: bool = False) -> Exception:
+        """Log a refusal (request id, rule, the message with its identifiers hashed); the error to raise."""
+        log.warning("request %s refused [%s]: %s", rid, exc.rule, exc.log_text(self.monitor.log.key))
+        if grpc:  # KServe's gRPC interceptor logs an InvalidInput's message; a GrpcException it passes on
+            from grpc_interceptor.exceptions import InvalidArgument
+
+            return InvalidArgument(details=str(exc))
+        return Refused(str(exc))
+
     async def preprocess(self, payload, headers=None) -> dict:
         # Off the event loop: a slow upload must not hold up health checks or other requests.
-        return await asyncio.to_thread(self._preprocess, payload, (headers or {}).get("content-type"))
-
-    def _preprocess(self, payload, content_type) -> dict:
+        if hasattr(payload, "inputs") and not isinstance(payload, OipRequest):
+            payload = from_infer_request(payload)  # KServe's InferRequest: gRPC (raw or typed contents)
+        rid = self.request_id(headers, payload)
         try:
-            studies = request_studies(payload, self.bundle, content_type)
+            studies = await asyncio.to_thread(request_studies, payload, self.bundle, (headers or {}).get("content-type"))
         except ServeInputError as exc:
-            raise InvalidInput(str(exc)) from None
-        return {"x": np.stack([s.tensor for s in studies]), "info": [s.info for s in studies],
-                "v2": isinstance(payload, InferRequest), "id": getattr(payload, "id", None),
-                "hospital": request_hospital(payload)}
+            raise self.refuse(exc, rid, getattr(payload, "encoding", None) == "grpc") from None
+        return {"x": np.stack([s.tensor for s in studies]), "info": [s.info for s in studies], "id": rid,
+                "oip": payload if isinstance(payload, OipRequest) else None, "hospital": request_hospital(payload)}
 
     async def predict(self, payload: dict, headers=None) -> dict:
         logits, _ = await asyncio.to_thread(score, self.bundle.net, [torch.from_numpy(payload["x"])], self.bundle.device)
@@ -65,13 +103,24 @@ class COVIDNetModel(kserve.Model):
         out = results(result["logits"], self.bundle, result["info"])  # the per-study answers
         # Logged (committed) and counted before the answer leaves; a failed write fails the request.
         await asyncio.to_thread(self.monitor.record, out, result["info"], result["id"], result["hospital"])
-        if not result["v2"]:
+        key = self.monitor.log.key
+        log.info("request %s answered: %s", result["id"], ", ".join(
+            f"{hashed(key, 'study', i['study_uid']) if i.get('study_uid') else 'tensor'} {r['decision']}"
+            for r, i in zip(out, result["info"])))
+        oip = result["oip"]
+        if oip is None:
             return {"predictions": out}
         n = [len(out)]
-        return InferResponse(response_id=result["id"] or "", model_name=self.name, infer_outputs=[
+        outputs = {o.name: o for o in (
             InferOutput("covid19_probability", n, "FP32", [r["covid19_probability"] for r in out]),
             InferOutput("decision", n, "BYTES", [r["decision"] for r in out]),
-            InferOutput("result", n, "BYTES", [json.dumps(r) for r in out])], model_version=out[0]["model"]["version"])
+            InferOutput("result", n, "BYTES", [json.dumps(r) for r in out]))}
+        wanted = oip.outputs or [(name, None) for name in outputs]
+        requested = None if oip.encoding == "grpc" else [
+            RequestedOutput(name, {"binary_data": oip.binary_output if b is None else bool(b)}) for name, b in wanted]
+        return InferResponse(response_id=result["id"], model_name=self.name, model_version=self.version,
+                             infer_outputs=[outputs[name] for name, _ in wanted], use_binary_outputs=oip.binary_output,
+                             requested_outputs=requested)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
+    from covidnet.serve.routes import add_v2_routes, grpc_body_limit, refused_handler
+
     args, _ = build_parser().parse_known_args(argv)
     params = load_params(args.params, profile=args.profile)
     sp = section(params, "serve", ServeParams)
@@ -93,11 +144,17 @@ def main(argv=None) -> None:
     name = args.model_name if args.model_name != "model" else sp.model_name
     model = COVIDNetModel(name, args.model_dir or args.model_uri or sp.model_uri, params)
     model.load()
-    kserve.model_server.app.add_middleware(BodyLimit, max_bytes=int(sp.max_body_mb * 2**20))
-    kserve.model_server.app.add_route(FEEDBACK_ROUTE, feedback_endpoint(model.monitor), methods=["POST"])
-    kserve.model_server.app.add_route(WORKLIST_ROUTE, worklist_endpoint(params, model.monitor.log), methods=["GET"])
-    kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc,
-                       workers=args.workers).start([model])
+    app = kserve.model_server.app
+    app.add_middleware(BodyLimit, max_bytes=int(sp.max_body_mb * 2**20))
+    app.add_exception_handler(Refused, refused_handler)
+    add_v2_routes(app, model)
+    app.add_route(FEEDBACK_ROUTE, feedback_endpoint(model.monitor), methods=["POST"])
+    app.add_route(WORKLIST_ROUTE, worklist_endpoint(params, model.monitor.log), methods=["GET"])
+    grpc_body_limit(args, int(sp.max_body_mb * 2**20))
+    server = kserve.ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc,
+                                workers=args.workers)
+    install(model.monitor.log.key)  # after KServe configured its log handlers
+    server.start([model])
 
 
 if __name__ == "__main__":

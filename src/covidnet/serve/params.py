@@ -28,6 +28,8 @@ class ServeParams:
     lesion_max_slices: int                # slices read for the lesion fractions (evenly spaced)
     lesion_max_px: int                    # in-plane size they are subsampled to (at most)
     device: str                           # where the network runs: auto (cuda when available), cpu, cuda
+    max_request_members: int = 50000      # files in all of one request's zips and S3 prefixes together
+    max_request_uncompressed_mb: float = 4096.0  # their uncompressed bytes together (MiB)
 
     def __post_init__(self) -> None:
         from covidnet.serve.source import ModelSourceError, parse_model_uri
@@ -41,7 +43,7 @@ class ServeParams:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ParamsError(f"serve.threshold must be in [0, 1], got {self.threshold}")
         for name in ("max_body_mb", "max_uncompressed_mb", "max_members", "max_studies", "lesion_max_slices",
-                     "lesion_max_px"):
+                     "lesion_max_px", "max_request_members", "max_request_uncompressed_mb"):
             if getattr(self, name) <= 0:
                 raise ParamsError(f"serve.{name} must be > 0, got {getattr(self, name)}")
         for name in ("qc_percentiles", "aerated_lung_hu", "ggo_hu", "consolidation_hu"):

@@ -72,12 +72,18 @@ def flatten(prefix: str, obj: Any) -> dict[str, Any]:
     return out
 
 
+#: What decides a run's result besides the data: a change here makes the commit ``-dirty``. The
+#: stages' own outputs (``reports/``, ``dvc.lock``), which ``dvc repro`` rewrites before training
+#: starts, do not.
+CODE_PATHS = ("src", "params.yaml", "dvc.yaml", "pyproject.toml", "requirements.lock", "scripts")
+
+
 def git_commit(cwd: Path | str = ".") -> str:
-    """The checked-out commit (with ``-dirty`` when the tree has changes), or ``unknown``."""
+    """The checked-out commit (with ``-dirty`` when :data:`CODE_PATHS` have changes), or ``unknown``."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                              check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS], cwd=cwd,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -104,3 +110,33 @@ def data_version(out_path: Path | str, lock: Path | str = "dvc.lock") -> str:
     if index.is_file():
         return "sha256:" + hashlib.sha256(index.read_bytes()).hexdigest()[:16]
     return "unknown"
+
+
+#: The training run's record beside the stage's report (not in the model folder, whose hash
+#: must not change when identical training runs again).
+RUN_RECORD = "run.json"
+
+
+def write_run_record(folder: Path | str, *, run_id: str | None, git_commit: str, model_digest: str) -> Path:
+    """Write ``folder/run.json``: the MLflow run that trained the model of ``model_digest``, and the commit."""
+    from covidnet.atomic import write_json
+
+    path = Path(folder) / RUN_RECORD
+    write_json(path, {"mlflow_run_id": run_id, "git_commit": git_commit, "model": model_digest})
+    return path
+
+
+def run_of(folder: Path | str, model_digest: str) -> str | None:
+    """The MLflow run id of ``folder/run.json`` when it records the model of ``model_digest``, else None.
+
+    A record of another model (a folder trained elsewhere, or retrained since) names no run of
+    this one: nothing is logged into, or registered from, the wrong run.
+    """
+    import json
+
+    path = Path(folder) / RUN_RECORD
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record.get("mlflow_run_id") if record.get("model") == model_digest else None
+

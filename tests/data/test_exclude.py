@@ -3,7 +3,7 @@ import pandas as pd
 from covidnet.data.cohort import Manifest
 from covidnet.data.exclude import ExcludeParams, apply_exclusions
 
-PARAMS = ExcludeParams(max_pcr_gap_days=14, exclude_motion_artifact=True)
+PARAMS = ExcludeParams(max_pcr_gap_days=14, exclude_motion_artifact=True, min_patients=1)
 
 
 def _series(study, series, *, selected=True, eligible=True, contrast=False, reason="", image_type="ORIGINAL\\PRIMARY\\AXIAL",
@@ -76,6 +76,6 @@ def test_flow_counts_add_up():
 
 def test_thresholds_come_from_params():
     manifest, series = _fixture()
-    r = apply_exclusions(manifest, series, ExcludeParams(max_pcr_gap_days=30, exclude_motion_artifact=False))
+    r = apply_exclusions(manifest, series, ExcludeParams(max_pcr_gap_days=30, exclude_motion_artifact=False, min_patients=1))
     assert "pcr_gap" not in set(r.exclusions.rule) and "motion_artifact" not in set(r.exclusions.rule)
     assert {"s3", "s4"} <= set(r.cohort.study_uid)

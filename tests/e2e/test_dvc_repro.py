@@ -85,7 +85,7 @@ def test_metrics_show_cohort_counts(repro):
     metrics = next(iter(shown.values()))["data"]["reports/metrics/cohort.json"]["data"]
     assert metrics["synthetic"] is True
     rec, inc = metrics["recruited"], metrics["included"]
-    assert rec["covid"]["patients"] + rec["non_covid"]["patients"] == 12  # tiny: synth.n_patients
+    assert rec["covid"]["patients"] + rec["non_covid"]["patients"] == 16  # tiny: synth.n_patients
     assert set(metrics["excluded"]) >= {"pcr_gap", "motion_artifact", "contrast_only", "no_usable_series"}
     assert sum(c["covid"]["patients"] + c["non_covid"]["patients"] for c in metrics["split"].values()) == \
         inc["covid"]["patients"] + inc["non_covid"]["patients"]

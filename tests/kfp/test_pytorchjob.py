@@ -263,18 +263,20 @@ def test_train_with_pytorchjob_end_to_end_on_a_stand_in_cluster(tmp_path, monkey
                                    api=cluster, sleep=lambda s: None)
     assert result.namespace == "ml" and result.name.startswith("covidnet-train-")
     card = json.loads((tmp_path / "model" / "model.json").read_text())
-    assert card["config"]["world_size"] == 1 and result.run_id == card["mlflow_run_id"]
+    record = json.loads((tmp_path / "report" / "run.json").read_text())
+    assert card["config"]["world_size"] == 1 and result.run_id == record["mlflow_run_id"] is not None
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["epochs_run"] == 2
     assert (result.workdir / "checkpoints" / "last.pt").is_file()  # on the PVC: a restarted pod resumes
     import mlflow
 
     assert mlflow.MlflowClient(tracking_uri=uri).get_run(result.run_id).info.status == "FINISHED"
 
-    # A second launch with the same inputs finds the finished job's folder and job name again.
+    # A second launch with the same inputs finds the job's folder and name again; its finished run is
+    # not resumed (only an interrupted one is): the job trains afresh, into a new run.
     again = FakeCluster(run_master=True, secrets=cluster.secrets)
     second = train_with_pytorchjob(params, text, tmp_path / "pre", tmp_path / "model2", tmp_path / "report2",
                                    api=again, sleep=lambda s: None)
-    assert second.name == result.name and second.run_id == result.run_id  # the logged run is reused, not retrained
+    assert second.name == result.name and second.workdir == result.workdir and second.run_id != result.run_id
 
 
 def test_launcher_without_the_pvc_mounted_says_so(tmp_path, toy_tensors):

@@ -24,7 +24,7 @@ from support import REPO
 
 GATE = PromoteParams(min_auc_lower=0.6, min_sensitivity_lower=0.3, compare_with_champion=True, max_auc_drop=0.05,
                      bootstrap=2000, seed=0, test_set="test", ci=0.95)
-PROVENANCE = {"git_commit": "abc123", "data_version": "dvc:0123", "params_hash": "sha256:feed", "synthetic": "true"}
+PROVENANCE = {"git_commit": "abc123", "cohort_version": "dvc:0123", "params_hash": "sha256:feed", "synthetic": "true"}
 N = 160
 
 
@@ -102,7 +102,7 @@ def test_gate_promotes_better_refuses_worse_and_rollback_restores(store, tmp_pat
     v1 = client.get_model_version("gate", "1")
     assert v1.run_id == run_a and v1.source == f"models:/{v1.tags['covidnet.logged_model_id']}"
     assert d1.source == f"runs:/{run_a}/model"
-    for key in ("covidnet.git_commit", "covidnet.data_version", "covidnet.params_hash", "covidnet.synthetic",
+    for key in ("covidnet.git_commit", "covidnet.cohort_version", "covidnet.params_hash", "covidnet.synthetic",
                 "test.auc", "test.auc.ci", "test.covid.sensitivity.ci", "covidnet.predictions", "covidnet.decision"):
         assert key in v1.tags, key
     assert v1.tags["covidnet.git_commit"] == "abc123" and v1.tags["covidnet.synthetic"] == "true"
@@ -170,7 +170,7 @@ def test_champion_on_other_patients_is_not_comparable(store, tmp_path):
 
 def test_model_card_without_run_id_or_logged_model(store, tmp_path):
     model_dir, eval_dir = _candidate(tmp_path, "x", _scores(0.5, 1), None)
-    with pytest.raises(PromoteError, match="mlflow_run_id"):
+    with pytest.raises(PromoteError, match="no MLflow run recorded for this model"):
         promote(model_dir, eval_dir, GATE, _mp(store, "no-run"), provenance=PROVENANCE)
     import mlflow
 

@@ -35,7 +35,7 @@ from support.train import PRE, TINY, tiny_cohort, train_params, train_paths
 
 NAME = "covidnet-test"
 THRESHOLD = 0.4
-PROVENANCE = {"git_commit": "abc123", "data_version": "dvc:0123", "params_hash": "sha256:feed", "synthetic": "true"}
+PROVENANCE = {"git_commit": "abc123", "cohort_version": "dvc:0123", "params_hash": "sha256:feed", "synthetic": "true"}
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from covidnet.train.params import ResumeError, TrainPaths
 from support.train import PRE, TINY, tiny_cohort, train_params, train_paths
 
 CONFIG = {"model": {"growth_rate": 4, "block_config": [1, 1]}, "train": {"learning_rate": 0.001, "workers": 0},
-          "preprocess": {"crop": 24}, "data_version": "sha256:x", "world_size": 1}
+          "preprocess": {"crop": 24}, "tensors_version": "sha256:x", "world_size": 1}
 
 
 def _with(config: dict, section: str | None, key: str, value) -> dict:

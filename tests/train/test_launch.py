@@ -92,11 +92,13 @@ def test_train_component_runs_torchrun_over_two_processes(tmp_path, monkeypatch,
     train.python_func(params_yaml=text, profile="tiny", nproc_per_node="2", checkpoint_dir="", **art)
     assert art["model"].metadata["processes"] == 2
     card = yaml.safe_load((tmp_path / "two" / "model" / "model.json").read_text())
-    assert card["config"]["world_size"] == 2 and art["model"].metadata["mlflow_run_id"] == card["mlflow_run_id"]
+    record = yaml.safe_load((tmp_path / "two" / "report" / "run.json").read_text())
+    assert card["config"]["world_size"] == 2 and "mlflow_run_id" not in card
+    assert art["model"].metadata["mlflow_run_id"] == record["mlflow_run_id"]
     assert art["train_metrics"].metadata["epochs_run"] == 2
     import mlflow
 
-    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(card["mlflow_run_id"])
+    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(record["mlflow_run_id"])
     assert run.info.status == "FINISHED"
 
 

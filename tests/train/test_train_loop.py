@@ -172,14 +172,15 @@ def test_two_process_ddp_matches_one_process(tmp_path):
 def test_mlflow_run_logs_params_metrics_and_a_loadable_model(tmp_path):
     import mlflow
 
-    from covidnet.tracking import MlflowParams
+    from covidnet.model.card import ModelCard
+    from covidnet.tracking import MlflowParams, run_of
 
     index = tiny_cohort(tmp_path / "pre")
     paths = train_paths(tmp_path)
     mp = MlflowParams(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t",
                       artifact_root=str(tmp_path / "mlruns"), registered_model="covidnet")
     r = train_model(index, paths, TINY, train_params(epochs=2), PRE, mlflow_params=mp,
-                    provenance={"git_commit": "abc", "data_version": "sha256:x", "synthetic": "true"}, progress=False)
+                    provenance={"tensors_version": "sha256:x", "synthetic": "true"}, git_commit="abc", progress=False)
     run = mlflow.get_run(r.run_id)
     assert run.data.params["train.learning_rate"] == "0.001"
     assert run.data.params["preprocess.crop"] == "24"
@@ -199,15 +200,24 @@ def test_mlflow_run_logs_params_metrics_and_a_loadable_model(tmp_path):
     local = mlflow.artifacts.download_artifacts(f"runs:/{r.run_id}/covidnet/model.json", dst_path=str(tmp_path / "dl"))
     assert json.loads(Path(local).read_text())["config"]["preprocess"]["depth"] == 8
 
-    # The same settings again (a dvc repro after an unrelated params change): the finished run is
-    # reused, nothing is logged twice.
+    # The same settings again (`dvc repro -f train`): a finished run is not resumed but trained
+    # afresh, in a new run; the model folder is byte for byte the same (no run id, no commit in it),
+    # and the run record beside the report names the new run.
     def logged_models():
         return len(mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list"))
 
-    before = logged_models()
+    def folder_bytes(folder):
+        return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    before, first = logged_models(), folder_bytes(paths.model)
     again = train_model(index, paths, TINY, train_params(epochs=2), PRE, mlflow_params=mp,
-                        provenance={"git_commit": "abc", "data_version": "sha256:x", "synthetic": "true"}, progress=False)
-    assert again.run_id == r.run_id and again.resumed_from == 2 and logged_models() == before
+                        provenance={"tensors_version": "sha256:x", "synthetic": "true"}, git_commit="abc",
+                        progress=False)
+    assert again.run_id != r.run_id and again.resumed_from == 0 and again.epochs_run == 2
+    assert logged_models() == before + 1
+    assert folder_bytes(paths.model) == first
+    assert run_of(paths.report, ModelCard.digest(paths.model)) == again.run_id
+    assert run_of(paths.report, "sha256:another-model") is None
 
 
 def test_early_stopping_after_patience(tmp_path):

@@ -45,6 +45,7 @@ def test_bad_params_raise():
             age=(0, 120),
             uid_max_length=64,
             max_examples=20,
+            min_studies=1,
         )
 
 

@@ -20,12 +20,47 @@ from covidnet.params import DEFAULT_PARAMS
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage command: its description, path flags, the path it reports, and its function."""
+    """One stage command: its description, path flags, its outputs and its function."""
 
     description: str
     flags: tuple[tuple[str, str, str], ...]   # (flag, paths field, help)
-    out: str                                  # the paths field the summary points at
+    outs: tuple[str, ...]                     # the paths fields it writes; the first is what the summary points at
     run: Callable[[dict[str, Any], Any, argparse.Namespace], Any]
+
+
+#: Output folders that may hold a stage's other outputs (a results folder); any other output (a
+#: file, or a folder with a format of its own such as the model folder or the DICOM tree) gets
+#: them beside it.
+_OPEN_FOLDERS = ("validation", "evaluation")
+
+
+def output_overrides(stage: Stage, given: dict[str, Path]) -> dict[str, Path]:
+    """The stage's outputs when some are given on the command line: a command given an output
+    writes only there, so every output not given goes inside the first one given (a results
+    folder) or beside it, named for its field (``flow``, ``cohort.json`` for ``metrics``, ...),
+    never to the params file's paths.
+
+    Args:
+        stage: the stage.
+        given: the paths fields given by flags (inputs and outputs).
+
+    Returns:
+        ``given`` with the derived outputs added (unchanged when no output is given).
+    """
+    named = [f for f in stage.outs if f in given]
+    if not named:
+        return dict(given)
+    anchor = given[named[0]]
+    base = anchor if named[0] in _OPEN_FOLDERS else anchor.parent
+    out = dict(given)
+    for field in stage.outs:
+        if field not in out:
+            out[field] = base / (f"{field}{_SUFFIX[field]}" if field in _SUFFIX else field)
+    return out
+
+
+#: File outputs: the suffix a derived one gets.
+_SUFFIX = {"metrics": ".json", "calibrator": ".json", "split": ".csv", "decision": ".json"}
 
 
 def _synth(params, paths, args):
@@ -83,7 +118,7 @@ STAGES: dict[str, Stage] = {
         "for synth.seed. Anatomy phantoms in HU with COVID-19-like or other-pneumonia findings; hospitals with "
         "their scanner profiles and encodings; planted cases for each exclusion rule (listed in planted.csv).",
         (("--dicom", "dicom", "output DICOM folder"), ("--manifest", "manifest", "output manifest folder")),
-        "dicom", _synth),
+        ("dicom", "manifest"), _synth),
     "validate": Stage(
         "Read every DICOM header under paths.dicom (non-DICOM files are listed in skipped.csv), assess and "
         "choose one series per study (series.csv, files.csv), then run Great Expectations suites over the "
@@ -92,21 +127,22 @@ STAGES: dict[str, Stage] = {
         (("--dicom", "dicom", "DICOM folder"), ("--manifest", "manifest", "manifest folder"),
          ("--index", "index", "output folder of the header tables"),
          ("--out", "validation", "output folder of the results")),
-        "validation", _validate),
+        ("validation", "index"), _validate),
     "exclude": Stage(
         "Exclude COVID-19 patients whose first CT is more than exclude.max_pcr_gap_days from the first positive "
         "PCR, scans with severe motion artefacts, contrast-only studies and studies without a usable series. "
         "Writes cohort.csv, exclusions.csv (rule and reason per patient/scan) and flow.json.",
         (("--manifest", "manifest", "manifest folder"), ("--index", "index", "header tables folder"),
          ("--out", "cohort", "output folder")),
-        "cohort", _exclude),
+        ("cohort",), _exclude),
     "split": Stage(
         "Assign patients to train/val/test by split.ratios (stratified by label, split.seed) after setting "
         "apart the external cohort (split.external). Train and val keep every scan; test and external keep "
         "each patient's first scan. Writes the split table, flow.json/flow.md (Fig. 1 form) and the cohort "
         "metrics.",
-        (("--cohort", "cohort", "exclude stage output folder"), ("--out", "split", "split table")),
-        "split", _split),
+        (("--cohort", "cohort", "exclude stage output folder"), ("--out", "split", "split table"),
+         ("--flow", "flow", "flow diagram folder"), ("--metrics", "metrics", "cohort counts (JSON)")),
+        ("split", "flow", "metrics"), _split),
     "preprocess": Stage(
         "For each scan of the split: clip HU to [hu_min, hu_max], scale to [0, 1], resize linearly to depth x "
         "size x size, crop the central crop x crop (paper: 64, 512, 384). Stores tensors (preprocess.dtype) "
@@ -115,7 +151,7 @@ STAGES: dict[str, Stage] = {
         "same parameters.",
         (("--split", "split", "split table"), ("--index", "index", "header tables folder"),
          ("--dicom", "dicom", "DICOM folder"), ("--out", "preprocessed", "output folder")),
-        "preprocessed", _preprocess),
+        ("preprocessed",), _preprocess),
     "train": Stage(
         "Adam (train.learning_rate; paper 0.001), binary cross-entropy on the COVID-19 logit, global batch "
         "train.batch_size (paper 8) in micro-batches of train.micro_batch_size; validation loss and AUC every "
@@ -125,7 +161,7 @@ STAGES: dict[str, Stage] = {
         "scores, for monitoring), reports/train (metrics.json, curve.csv) and an MLflow run.",
         (("--preprocessed", "preprocessed", "preprocessed tensors folder"), ("--out", "model", "model folder"),
          ("--checkpoints", "checkpoints", "checkpoint folder"), ("--report", "train_report", "report folder")),
-        "model", _train),
+        ("model", "train_report", "checkpoints"), _train),
     "evaluate": Stage(
         "For the trained model on the test split and the external cohort (or, with --predictions FILE, for any "
         "CSV patient_id,label,score[,hospital][,reader_<name>...]): accuracy, AUC, sensitivity, specificity, "
@@ -134,8 +170,9 @@ STAGES: dict[str, Stage] = {
         "(Fig. 4 form), readers' kappa (Supplementary Table 9 form), calibration (ECE, Brier, reliability), "
         "t-SNE of the features; metrics.json, report.md/html and plots per set.",
         (("--out", "evaluation", "output folder"), ("--model", "model", "trained model folder"),
-         ("--preprocessed", "preprocessed", "preprocessed tensors folder")),
-        "evaluation", _evaluate),
+         ("--preprocessed", "preprocessed", "preprocessed tensors folder"),
+         ("--calibrator", "calibrator", "calibrator fitted on the validation split (JSON)")),
+        ("evaluation", "calibrator"), _evaluate),
     "promote": Stage(
         "Register the trained model (the MLflow run its model card names) as a new version of "
         "mlflow.registered_model, tagged with the git commit, the cohort's DVC hash, a params hash and the test "
@@ -147,7 +184,7 @@ STAGES: dict[str, Stage] = {
         "exits 0. --rollback moves `champion` back to `previous_champion`. No version is ever deleted.",
         (("--model", "model", "trained model folder"), ("--evaluation", "evaluation", "evaluate stage folder"),
          ("--out", "decision", "decision record (JSON)")),
-        "decision", _promote),
+        ("decision",), _promote),
 }
 
 
@@ -160,6 +197,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("--profile", default=None,
                         help="apply profiles.<NAME> from the params file (default: its `profile` key)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    parser.epilog = ("Paths default to the params file's `paths`. Given any output flag, the stage writes only there: "
+                     "its other outputs go inside that folder (a results folder) or beside it.")
     for flag, field, text in stage.flags:
         parser.add_argument(flag, dest=field, type=Path, help=f"{text} (default: paths.{field} in the params file)")
     if command == "evaluate":
@@ -184,12 +223,13 @@ def run(args: argparse.Namespace) -> int:
 
     stage = STAGES[args.command]
     params = load_params(args.params, profile=args.profile)
-    paths = Paths.from_params(params, **{field: getattr(args, field) for _, field, _ in stage.flags})
+    given = {field: getattr(args, field) for _, field, _ in stage.flags if getattr(args, field) is not None}
+    paths = Paths.from_params(params, **output_overrides(stage, given))
     result = stage.run(params, paths, args)
     if int(os.environ.get("RANK", "0")) != 0:  # one summary under torchrun
         return 0
     synthetic = " (SYNTHETIC cohort)" if is_synthetic(params) else ""
-    out = getattr(paths, stage.out) if not getattr(args, "rollback", False) else None
+    out = getattr(paths, stage.outs[0]) if not getattr(args, "rollback", False) else None
     line = f"{args.command}{synthetic}: {result.summary()}" + (f" -> {out}" if out else "")
     if getattr(result, "ok", True):
         print(line)

@@ -40,6 +40,11 @@ class ExcludeParams:
 
     max_pcr_gap_days: int
     exclude_motion_artifact: bool
+    min_patients: int               # included patients of each class below which the cohort is an error
+
+    def __post_init__(self) -> None:
+        if self.min_patients < 1:
+            raise ValueError(f"exclude.min_patients: must be >= 1, got {self.min_patients}")
 
 
 @dataclass(frozen=True)
@@ -198,7 +203,14 @@ def run_exclude(params: dict, paths) -> ExclusionResult:
     from covidnet.params import section
 
     series, _files = load_index(paths.index)
-    result = apply_exclusions(read_manifest(paths.manifest), series, section(params, "exclude", ExcludeParams))
+    eparams = section(params, "exclude", ExcludeParams)
+    result = apply_exclusions(read_manifest(paths.manifest), series, eparams)
+    included = {label: counts["patients"] for label, counts in result.flow["included"].items()}
+    short = {label: n for label, n in included.items() if n < eparams.min_patients}
+    if short:
+        raise ManifestError(f"{paths.manifest}: after exclusions {included} patients per class are included; "
+                            f"exclude.min_patients is {eparams.min_patients} per class: the cohort is (nearly) "
+                            f"empty for {', '.join(short)} ({len(result.exclusions)} exclusion(s))")
     with atomic.atomic_path(paths.cohort, directory=True) as tmp:
         result.cohort.to_csv(tmp / "cohort.csv", index=False)
         result.exclusions.to_csv(tmp / "exclusions.csv", index=False)

@@ -36,9 +36,12 @@ class SplitParams:
 
     seed: int
     ratios: list[float]
+    min_per_class: int                  # patients of each class every split (train, val, test) must hold
     external: ExternalRule = field(default_factory=ExternalRule)
 
     def __post_init__(self) -> None:
+        if self.min_per_class < 1:
+            raise ValueError(f"split.min_per_class: must be >= 1, got {self.min_per_class}")
         if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or sum(self.ratios) <= 0:
             raise ValueError(f"split.ratios must be three non-negative numbers (train, val, test), got {self.ratios}")
         if self.external.scan_date_from is not None:
@@ -148,9 +151,16 @@ def run_split(params: dict, paths) -> SplitResult:
 
     cohort = pd.read_csv(paths.cohort / "cohort.csv", dtype=str, keep_default_na=False)
     cohort["scan_order"] = cohort["scan_order"].astype(int)
-    split = split_cohort(cohort, section(params, "split", SplitParams))
+    sparams = section(params, "split", SplitParams)
+    split = split_cohort(cohort, sparams)
+    counts = split_counts(split)
+    short = [f"{name} {label} {counts.get(name, {}).get(label, {}).get('patients', 0)}" for name in SPLITS
+             for label in LABELS if counts.get(name, {}).get(label, {}).get("patients", 0) < sparams.min_per_class]
+    if short:
+        raise SplitError(f"{paths.cohort}: {len(set(cohort['patient_id']))} patients split {sparams.ratios} leave too "
+                         f"few patients ({', '.join(short)}); split.min_per_class is {sparams.min_per_class}")
     flow = json.loads((paths.cohort / "flow.json").read_text())
-    flow["split"] = split_counts(split)
+    flow["split"] = counts
     flow["synthetic"] = is_synthetic(params)
     atomic.write_csv(paths.split, split)
     with atomic.atomic_path(paths.flow, directory=True) as tmp:

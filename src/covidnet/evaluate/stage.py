@@ -153,7 +153,8 @@ def log_to_mlflow(metrics: dict[str, Any], out_dir: Path | str) -> None:
 
 def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Path | str, params: EvaluateParams,
                    out_dir: Path | str, calibrator_path: Path | str, *, synthetic: bool,
-                   sets: tuple[str, ...] = ("test", "external")) -> dict[str, dict[str, Any]]:
+                   sets: tuple[str, ...] = ("test", "external"), run_id: str | None = None
+                   ) -> dict[str, dict[str, Any]]:
     """The ``evaluate`` stage for a trained model: score each test set and report it.
 
     Args:
@@ -166,10 +167,12 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
             scalar figures, for ``dvc metrics``).
         calibrator_path: where the calibrator fitted on the validation split is written
             (``{"kind": "none"}`` when ``params.calibrator`` is ``none``), beside the model for
-            serving; with a tracked model it is also logged into the training run's
-            ``covidnet/`` artifact folder (the model folder), so the registered version has it.
+            serving; with ``run_id`` it is also logged into the training run's ``covidnet/``
+            artifact folder (the model folder), so the registered version has it.
         synthetic: whether the cohort is synthetic.
         sets: the splits to evaluate (test sets keep each patient's first scan).
+        run_id: the MLflow run that trained the model (its figures are logged there), or None
+            (an untracked model: nothing is logged).
 
     Returns:
         ``{set: metrics}`` for each set that has patients.
@@ -212,7 +215,7 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
                                              title=name, features=feats, calibrator=calibrator)
         atomic.write_csv(folder / "predictions.csv", preds)
     atomic.write_json(out_dir / "metrics.json", {name: flat_metrics(m) for name, m in results.items()})
-    run_id = card.mlflow_run_id
+    run_id = run_id or card.mlflow_run_id
     if run_id:
         import mlflow
 
@@ -239,8 +242,8 @@ class EvaluateResult:
         return "; ".join(lines)
 
 
-def run_evaluate(params: dict[str, Any], paths, predictions: Path | None = None, out: Path | None = None
-                 ) -> EvaluateResult:
+def run_evaluate(params: dict[str, Any], paths, predictions: Path | None = None, out: Path | None = None,
+                 run_id: str | None = None) -> EvaluateResult:
     """The ``evaluate`` stage: the trained model on the test sets, or (``predictions``) any predictions CSV.
 
     Args:
@@ -249,6 +252,9 @@ def run_evaluate(params: dict[str, Any], paths, predictions: Path | None = None,
             ``paths.evaluation``, the calibrator to ``paths.calibrator``.
         predictions: a predictions CSV to evaluate instead of the model (written to ``out``,
             default ``paths.evaluation/predictions``).
+        run_id: the MLflow run that trained the model; by default the run that
+            ``paths.train_report``'s run record names for this very model (none when it names
+            another one).
     """
     from covidnet.params import is_synthetic, section
 
@@ -258,9 +264,13 @@ def run_evaluate(params: dict[str, Any], paths, predictions: Path | None = None,
         out = out or paths.evaluation / "predictions"
         return EvaluateResult({"predictions": evaluate_predictions(read_predictions(predictions), eparams, out,
                                                                    synthetic=synthetic, title="predictions")})
-    from covidnet.tracking import configure, mlflow_params
+    from covidnet.model.card import ModelCard
+    from covidnet.tracking import configure, mlflow_params, run_of
 
-    configure(mlflow_params(params))
     index = pd.read_csv(paths.preprocessed / "index.csv", dtype=str, keep_default_na=False)
+    if run_id is None and ModelCard.is_folder(paths.model):
+        run_id = run_of(paths.train_report, ModelCard.digest(paths.model))
+    if run_id:  # the figures go into the run that trained the model; an untracked model touches no store
+        configure(mlflow_params(params))
     return EvaluateResult(evaluate_model(index, paths.preprocessed, paths.model, eparams, out or paths.evaluation,
-                                         paths.calibrator, synthetic=synthetic))
+                                         paths.calibrator, synthetic=synthetic, run_id=run_id))

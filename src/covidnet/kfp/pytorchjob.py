@@ -250,7 +250,7 @@ def train_with_pytorchjob(params: dict[str, Any], params_text: str, preprocessed
     from covidnet.kfp.params import pipeline_params
     from covidnet.model.card import ModelCard
     from covidnet.params import profile_name
-    from covidnet.tracking import data_version
+    from covidnet.tracking import data_version, run_of
 
     settings = pipeline_params(params)
     job = settings.pytorchjob
@@ -274,4 +274,4 @@ def train_with_pytorchjob(params: dict[str, Any], params_text: str, preprocessed
             raise LaunchError(f"PyTorchJob {namespace}/{name} succeeded but wrote no {src}")
         _copytree_atomic(src, dst)
     return JobTrainResult(name=name, namespace=namespace, workdir=workdir,
-                          run_id=ModelCard.read(model).mlflow_run_id)
+                          run_id=run_of(report, ModelCard.digest(model)))

@@ -41,16 +41,18 @@ class ModelCard:
 
     Attributes:
         config: ``{"model": constructor arguments, "train": train settings, "preprocess":
-            preprocessing settings, "data_version": ..., "world_size": ...}``.
+            preprocessing settings, "tensors_version": ..., "world_size": ...}``.
         best_epoch: the epoch whose weights the folder holds.
         val_auc: validation AUC at that epoch (None when undefined).
         val_loss: validation loss at that epoch.
         epochs_run: epochs trained.
-        mlflow_run_id: the training run, when tracked.
         qc_reference: the folder-relative path of the QC reference table, or None.
         score_reference: the folder-relative path of the validation scores, or None.
-        provenance: ``git_commit``, ``data_version``, ``synthetic`` (``"true"``/``"false"``),
-            ``profile`` and any other string tags, stored at the top level of the JSON.
+        provenance: ``tensors_version``, ``synthetic`` (``"true"``/``"false"``), ``profile``
+            and any other string tags, stored at the top level of the JSON. Nothing of one
+            particular run (its MLflow id, the git commit) is in the card, so identical training
+            gives an identical folder; the run is recorded beside the report
+            (:func:`covidnet.tracking.write_run_record`).
     """
 
     FILE: ClassVar[str] = "model.json"
@@ -64,13 +66,12 @@ class ModelCard:
     val_auc: float | None = None
     val_loss: float | None = None
     epochs_run: int = 0
-    mlflow_run_id: str | None = None
     qc_reference: str | None = None
     score_reference: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
 
     _FIELDS: ClassVar[tuple[str, ...]] = ("config", "best_epoch", "val_auc", "val_loss", "epochs_run",
-                                          "mlflow_run_id", "qc_reference", "score_reference")
+                                          "qc_reference", "score_reference")
 
     # ------------------------------------------------------------------ reading
 
@@ -131,6 +132,11 @@ class ModelCard:
         return path
 
     # ------------------------------------------------------------------ using
+
+    @property
+    def mlflow_run_id(self) -> str | None:
+        """The training run a registry or an older card recorded in the card (None for folders ``train`` writes)."""
+        return self.provenance.get("mlflow_run_id")
 
     @property
     def synthetic(self) -> bool | None:

@@ -97,15 +97,16 @@ def cohort_version(cohort_dir: Path | str, lock: Path | str = "dvc.lock") -> str
 # --- inputs -----------------------------------------------------------------------------------
 
 
-def _read_inputs(model_dir: Path, evaluation_dir: Path, test_set: str) -> tuple[str, dict, Path]:
-    card_path = model_dir / ModelCard.FILE
+def _read_inputs(model_dir: Path, evaluation_dir: Path, test_set: str, run_id: str | None
+                 ) -> tuple[str, dict, Path]:
     try:
-        run_id = ModelCard.read(model_dir, weights=False).mlflow_run_id
+        run_id = run_id or ModelCard.read(model_dir, weights=False).mlflow_run_id
     except ModelFolderError as exc:
         raise PromoteError(f"{exc} (run `covidnet train` first)") from None
     if not run_id:
-        raise PromoteError(f"{card_path}: no mlflow_run_id; promote registers the model logged by the training "
-                           "run, so train with tracking (not --no-track)")
+        raise PromoteError(f"{model_dir}: no MLflow run recorded for this model (the train stage's run.json names "
+                           "the run of the model it wrote); promote registers the model logged by the training run, "
+                           "so train with tracking (not --no-track)")
     folder = evaluation_dir / test_set
     metrics_path = folder / "metrics.json"
     if not metrics_path.is_file():
@@ -121,19 +122,22 @@ def _read_inputs(model_dir: Path, evaluation_dir: Path, test_set: str) -> tuple[
 
 
 def promote(model_dir: Path | str, evaluation_dir: Path | str, params: PromoteParams, mlflow_params, *,
-            provenance: dict[str, str], decision_path: Path | str | None = None) -> Decision:
+            provenance: dict[str, str], decision_path: Path | str | None = None, run_id: str | None = None
+            ) -> Decision:
     """Register the evaluated model as a new version, apply the gate and move the aliases.
 
     Args:
-        model_dir: the train stage's model folder (its card names the MLflow run).
+        model_dir: the train stage's model folder.
         evaluation_dir: the evaluate stage's folder (``<test_set>/metrics.json`` and
             ``<test_set>/predictions.csv``).
         params: the ``promote`` section.
         mlflow_params: :class:`covidnet.tracking.MlflowParams` (tracking store and
             ``registered_model``).
-        provenance: tags for the version (``git_commit``, ``data_version``, ``params_hash``,
+        provenance: tags for the version (``git_commit``, ``cohort_version``, ``params_hash``,
             ``synthetic``, ...), written as ``covidnet.<key>``.
         decision_path: where to write the decision record (JSON, atomically).
+        run_id: the MLflow run that trained and logged the model (default: the one a registry
+            or an older card wrote into the card).
 
     Returns:
         The :class:`Decision`. A failing gate is returned, not raised.
@@ -149,7 +153,7 @@ def promote(model_dir: Path | str, evaluation_dir: Path | str, params: PromotePa
     from covidnet.tracking import configure
 
     model_dir, evaluation_dir = Path(model_dir), Path(evaluation_dir)
-    run_id, metrics, preds_path = _read_inputs(model_dir, evaluation_dir, params.test_set)
+    run_id, metrics, preds_path = _read_inputs(model_dir, evaluation_dir, params.test_set, run_id)
     preds = read_test_predictions(preds_path, str(preds_path))
     if len(preds) != metrics["n"]:
         raise PromoteError(f"{preds_path}: {len(preds)} patients but {evaluation_dir / params.test_set}/metrics.json "
@@ -219,17 +223,22 @@ def promote(model_dir: Path | str, evaluation_dir: Path | str, params: PromotePa
     return decision
 
 
-def run_promote(params: dict[str, Any], paths) -> Decision:
+def run_promote(params: dict[str, Any], paths, run_id: str | None = None) -> Decision:
     """The ``promote`` stage: register the evaluated model of ``paths.model`` and apply the gate to the
-    figures of ``paths.evaluation``; the decision record goes to ``paths.decision``."""
-    from covidnet.params import is_synthetic, profile_name, section
-    from covidnet.tracking import git_commit, mlflow_params
+    figures of ``paths.evaluation``; the decision record goes to ``paths.decision``.
 
-    provenance = {"git_commit": git_commit(), "data_version": cohort_version(paths.cohort),
+    ``run_id`` (the MLflow run that trained the model) defaults to the run that
+    ``paths.train_report``'s run record names for this very model."""
+    from covidnet.params import is_synthetic, profile_name, section
+    from covidnet.tracking import git_commit, mlflow_params, run_of
+
+    if run_id is None and ModelCard.is_folder(paths.model):
+        run_id = run_of(paths.train_report, ModelCard.digest(paths.model))
+    provenance = {"git_commit": git_commit(), "cohort_version": cohort_version(paths.cohort),
                   "params_hash": params_hash(params), "synthetic": str(is_synthetic(params)).lower(),
                   "profile": profile_name(params)}
     return promote(paths.model, paths.evaluation, section(params, "promote", PromoteParams), mlflow_params(params),
-                   provenance=provenance, decision_path=paths.decision)
+                   provenance=provenance, decision_path=paths.decision, run_id=run_id)
 
 
 def run_rollback(params: dict[str, Any]) -> Rollback:

@@ -4,7 +4,7 @@ A training's checkpoint folder holds::
 
     last.pt   after every epoch: ``model``, ``optimizer``, ``scaler`` (state dicts), ``rng``
               (the CPU RNG state), ``epoch``, ``history``, ``best``, ``config``, ``run_id``,
-              and ``logged`` (True once the finished run's model went to MLflow)
+              and ``finished`` (True once the run wrote its outputs: it is not resumed again)
     best.pt   at each better epoch: ``model``, ``config``, ``epoch``, ``val_logits`` (N,)
 
 Both are written atomically, ``best.pt`` before ``last.pt`` (what
@@ -78,10 +78,10 @@ def best_state(model, config: dict[str, Any], epoch: int, val_logits) -> dict[st
     return {"model": model.state_dict(), "config": config, "epoch": epoch, "val_logits": val_logits}
 
 
-def mark_logged(path: Path) -> None:
-    """Record in ``last.pt`` that the finished run was logged (a rerun with its settings reuses it)."""
+def mark_finished(path: Path) -> None:
+    """Record in ``last.pt`` that its run finished (its outputs are written): it is not resumed again."""
     state = load_checkpoint(path)
-    save_checkpoint({**state, "logged": True}, path)
+    save_checkpoint({**state, "finished": True}, path)
 
 
 def config_diff(saved: dict[str, Any], current: dict[str, Any], ignore: frozenset[str] = NOT_COMPARED,
@@ -117,14 +117,15 @@ def resume_state(path: Path, config: dict[str, Any], resume: str) -> dict | None
     Args:
         path: the ``last.pt`` to resume from.
         config: this run's config, compared with the checkpoint's (:func:`config_diff`).
-        resume: ``auto``: the checkpoint when there is one and it matches (a mismatch is
-            logged as a warning); ``always``: the checkpoint, which must exist and match;
-            ``never``: None.
+        resume: ``auto``: the checkpoint of an interrupted run when there is one and it
+            matches (a mismatch is logged as a warning; a finished run's checkpoint is not
+            resumed: forcing a stage retrains); ``always``: the checkpoint, which must exist,
+            match and be of an interrupted run; ``never``: None.
 
     Raises:
         ValueError: ``resume`` is not one of :data:`RESUME_MODES`.
-        ResumeError: ``resume="always"`` and no checkpoint, or one of other settings (the
-            message lists them).
+        ResumeError: ``resume="always"`` and no checkpoint, one of other settings (the
+            message lists them), or one of a finished run.
     """
     check_resume_mode(resume)
     if resume == "never":
@@ -139,5 +140,10 @@ def resume_state(path: Path, config: dict[str, Any], resume: str) -> dict | None
         if resume == "always":
             raise ResumeError(f"{path} was written with other settings:\n  " + "\n  ".join(diffs))
         log.warning("not resuming from %s: other settings (%s); starting afresh", path, "; ".join(diffs))
+        return None
+    if state.get("finished") or state.get("logged"):  # "logged": how a finished run was marked before
+        if resume == "always":
+            raise ResumeError(f"{path}: its run finished (epoch {state['epoch']}): nothing to resume")
+        log.info("%s is of a finished run: training afresh", path)
         return None
     return state

@@ -180,7 +180,7 @@ def train_in_pod(params: dict[str, Any], params_text: str, paths: Any, nproc_per
 
     from covidnet.model.card import ModelCard
     from covidnet.params import profile_name, section
-    from covidnet.tracking import data_version
+    from covidnet.tracking import data_version, run_of
     from covidnet.train.params import TrainParams
     from covidnet.train.stage import run_train
 
@@ -217,4 +217,5 @@ def train_in_pod(params: dict[str, Any], params_text: str, paths: Any, nproc_per
             args = train_command(params_file, profile, paths.preprocessed, paths.model, folder, paths.train_report,
                                  resume)
             run_streaming(torchrun_command(1, nproc, args, launcher=TORCHRUN), f"torchrun ({nproc} processes)")
-    return PodTrainResult(processes=nproc, run_id=ModelCard.read(paths.model).mlflow_run_id, checkpoints=location)
+    return PodTrainResult(processes=nproc, run_id=run_of(paths.train_report, ModelCard.digest(paths.model)),
+                          checkpoints=location)

@@ -40,7 +40,7 @@ from covidnet.train.checkpoint import (
     check_resume_mode,
     last_state,
     load_checkpoint,
-    mark_logged,
+    mark_finished,
     resume_state,
     save_checkpoint,
 )
@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 
 def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: TrainParams,
                 preprocess: dict[str, Any], *, resume: str = "auto", mlflow_params=None,
-                provenance: dict[str, str] | None = None, progress: bool = True) -> TrainResult:
+                provenance: dict[str, str] | None = None, git_commit: str = "unknown",
+                progress: bool = True) -> TrainResult:
     """Train COVIDNet; write the best model, the curve, the metrics and checkpoints.
 
     Args:
@@ -67,13 +68,17 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
         preprocess: the preprocessing parameters (saved with the model so serving applies
             the same transform); ``depth`` and ``crop`` give the tensor shape
             ``(1, depth, crop, crop)``.
-        resume: ``auto`` resumes from ``paths.checkpoints`` when its configuration matches
-            (and starts afresh, saying so, when it does not); ``always`` must resume;
-            ``never`` starts afresh. Settings that cannot change the weights (the process
+        resume: ``auto`` resumes an interrupted run from ``paths.checkpoints`` when its
+            configuration matches (and starts afresh, saying so, when it does not, or when the
+            checkpoint is of a run that finished: forcing a stage retrains); ``always`` must
+            resume an interrupted run; ``never`` starts afresh. Settings that cannot change the weights (the process
             and DataLoader worker counts) are not compared
             (:data:`covidnet.train.checkpoint.NOT_COMPARED`).
         mlflow_params: :class:`covidnet.tracking.MlflowParams`, or None for no tracking.
-        provenance: tags for the run (git commit, data version, synthetic).
+        provenance: the model card's tags (``tensors_version``, ``synthetic``, ``profile``),
+            also the run's ``covidnet.*`` tags.
+        git_commit: the code's commit: a run tag and, with the run id, the run record
+            (:func:`covidnet.tracking.write_run_record`) beside the report, not in the card.
         progress: progress bars on stderr.
 
     Raises:
@@ -113,14 +118,14 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
     torch.manual_seed(params.seed)
     model = build_model(model_params).to(device)
     config = {"model": model.config, "train": asdict(params), "preprocess": dict(preprocess),
-              "data_version": (provenance or {}).get("data_version", "unknown"), "world_size": dist.world}
+              "tensors_version": (provenance or {}).get("tensors_version", "unknown"), "world_size": dist.world}
     optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
     pos_weight = torch.tensor(params.pos_weight, device=device) if params.pos_weight is not None else None
 
     history: list[dict[str, Any]] = []
     best = {"epoch": 0, "val_auc": None, "val_loss": None}
-    start_epoch, run_id, logged = 1, None, False
+    start_epoch, run_id = 1, None
     ckpt_path = paths.checkpoints / LAST
     state = resume_state(ckpt_path, config, resume)
     if state is not None:
@@ -129,7 +134,6 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
         history, best, run_id = state["history"], state["best"], state.get("run_id")
-        logged = bool(state.get("logged", False))
         start_epoch = int(state["epoch"]) + 1
         log.info("resuming from %s after epoch %d", ckpt_path, start_epoch - 1)
     resumed_from = start_epoch - 1
@@ -140,11 +144,10 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
 
     since_best = sum(1 for h in history if h["epoch"] > best["epoch"])
     stopped_early = since_best >= params.patience  # a run killed after its last checkpoint
-    finished = logged and (stopped_early or start_epoch > params.epochs)  # the same run, already complete
 
     tracker = None
-    if mlflow_params is not None and dist.main and not finished:
-        tracker = MlflowRun(mlflow_params, run_id, config, provenance or {})
+    if mlflow_params is not None and dist.main:
+        tracker = MlflowRun(mlflow_params, run_id, config, {**(provenance or {}), "git_commit": git_commit})
         run_id = tracker.run_id
     epochs_run = start_epoch - 1
     for epoch in range(start_epoch, params.epochs + 1):
@@ -209,12 +212,12 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
                          epochs_run=epochs_run, stopped_early=stopped_early, resumed_from=resumed_from,
                          history=history, run_id=run_id)
     if dist.main:
-        write_outputs(paths, config, result, provenance or {}, train_rows, val_rows)
+        write_outputs(paths, config, result, provenance or {}, train_rows, val_rows, git_commit)
         if tracker:
             best_model = build_model(model_params)
             best_model.load_state_dict(load_checkpoint(paths.checkpoints / BEST)["model"])
             tracker.finish(paths, result, shape, best_model.eval())
-            mark_logged(ckpt_path)  # a rerun with these settings reuses this run
+        mark_finished(ckpt_path)  # a later run starts afresh: only an interrupted run resumes
     barrier(dist)
     return result
 

@@ -19,6 +19,7 @@ import pandas as pd
 from covidnet.atomic import atomic_path, write_csv, write_json
 from covidnet.model.card import ModelCard
 from covidnet.model.inference import sigmoid
+from covidnet.tracking import write_run_record
 from covidnet.train.checkpoint import BEST, load_checkpoint
 from covidnet.train.params import TrainPaths, TrainResult
 
@@ -26,8 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def write_outputs(paths: TrainPaths, config: dict, result: TrainResult, provenance: dict,
-                  train_rows: pd.DataFrame, val_rows: pd.DataFrame) -> None:
-    """The model folder (from ``best.pt``, atomically), the metrics and the curve.
+                  train_rows: pd.DataFrame, val_rows: pd.DataFrame, git_commit: str = "unknown") -> None:
+    """The model folder (from ``best.pt``, atomically), the metrics, the curve and the run record.
 
     Args:
         paths: ``paths.checkpoints`` holds ``best.pt``; ``paths.model`` and ``paths.report``
@@ -37,6 +38,8 @@ def write_outputs(paths: TrainPaths, config: dict, result: TrainResult, provenan
         provenance: string tags for the card (``synthetic``: ``"true"`` marks the metrics).
         train_rows: the train split's index rows (their scans make the QC reference).
         val_rows: the validation split's index rows, in the order of ``best.pt``'s logits.
+        git_commit: recorded with the run id in ``paths.report/run.json``
+            (:func:`covidnet.tracking.write_run_record`), not in the card.
     """
     best = load_checkpoint(paths.checkpoints / BEST)
     with atomic_path(paths.model, directory=True) as tmp:
@@ -44,7 +47,7 @@ def write_outputs(paths: TrainPaths, config: dict, result: TrainResult, provenan
         references = _write_reference(tmp, paths.preprocessed / "qc.csv", train_rows, val_rows,
                                       best.get("val_logits"))
         ModelCard(config=config, best_epoch=result.best_epoch, val_auc=result.best["val_auc"],
-                  val_loss=result.best["val_loss"], epochs_run=result.epochs_run, mlflow_run_id=result.run_id,
+                  val_loss=result.best["val_loss"], epochs_run=result.epochs_run,
                   provenance=dict(provenance), **references).write(tmp)
     paths.report.mkdir(parents=True, exist_ok=True)
     write_json(paths.report / "metrics.json", {
@@ -53,6 +56,8 @@ def write_outputs(paths: TrainPaths, config: dict, result: TrainResult, provenan
         "synthetic": provenance.get("synthetic") == "true",
     })
     write_csv(paths.report / "curve.csv", pd.DataFrame(result.history))
+    write_run_record(paths.report, run_id=result.run_id, git_commit=git_commit,
+                     model_digest=ModelCard.digest(paths.model))
 
 
 def _write_reference(model_dir: Path, qc_csv: Path, train_rows: pd.DataFrame, val_rows: pd.DataFrame,

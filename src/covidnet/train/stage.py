@@ -28,8 +28,8 @@ def run_train(params: dict[str, Any], paths, resume: str = "auto", track: bool =
     from covidnet.train.params import TrainParams, TrainPaths
 
     index = pd.read_csv(paths.preprocessed / "index.csv", dtype=str, keep_default_na=False)
-    provenance = {"git_commit": git_commit(), "data_version": data_version(paths.preprocessed),
-                  "synthetic": str(is_synthetic(params)).lower(), "profile": profile_name(params)}
+    provenance = {"tensors_version": data_version(paths.preprocessed), "synthetic": str(is_synthetic(params)).lower(),
+                  "profile": profile_name(params)}
     return train_model(
         index,
         TrainPaths(preprocessed=paths.preprocessed, model=paths.model, checkpoints=paths.checkpoints,
@@ -40,5 +40,6 @@ def run_train(params: dict[str, Any], paths, resume: str = "auto", track: bool =
         resume=resume,
         mlflow_params=mlflow_params(params) if track else None,
         provenance=provenance,
+        git_commit=git_commit(),
         progress=progress,
     )

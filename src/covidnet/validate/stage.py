@@ -35,15 +35,21 @@ def run_validate(params: dict[str, Any], paths, progress: bool = True) -> Valida
     from covidnet.data.cohort import read_manifest
     from covidnet.data.index import write_index
     from covidnet.data.series import SeriesParams, index_tree
+    from covidnet.errors import InputError
     from covidnet.params import is_synthetic, section
     from covidnet.validate.cohort import validate_cohort
     from covidnet.validate.suites import ValidateParams
 
+    vparams = section(params, "validate", ValidateParams)
     manifest = read_manifest(paths.manifest)
     index = index_tree(paths.dicom, section(params, "series", SeriesParams), progress=progress)
     write_index(index, paths.index)
+    usable = int(index.series["selected"].sum()) if len(index.series) else 0
+    if usable < vparams.min_studies:
+        raise InputError(f"{paths.dicom}: {usable} usable stud{'y' if usable == 1 else 'ies'} (a series chosen) in "
+                         f"{len(index.series)} series, {len(index.skipped)} file(s) skipped; validate.min_studies "
+                         f"is {vparams.min_studies}: an empty or nearly empty cohort (see {paths.index})")
     known = None
-    vparams = section(params, "validate", ValidateParams)
     if is_synthetic(params) and vparams.hospitals_known:
         from covidnet.synthetic.params import SynthParams
 

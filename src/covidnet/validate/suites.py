@@ -64,6 +64,8 @@ class ValidateParams:
         age: inclusive range of the age in years.
         uid_max_length: the longest DICOM UID accepted (characters).
         max_examples: unexpected values kept per failed expectation.
+        min_studies: usable studies (a series chosen) below which the cohort is an error, not
+            something to validate (an empty or nearly empty DICOM folder).
     """
 
     hospitals_known: bool
@@ -75,8 +77,11 @@ class ValidateParams:
     age: tuple[int, int]
     uid_max_length: int
     max_examples: int
+    min_studies: int
 
     def __post_init__(self) -> None:
+        if self.min_studies < 1:
+            raise ValueError(f"validate.min_studies: must be >= 1, got {self.min_studies}")
         for name in ("pixel_spacing_mm", "slice_thickness_mm", "slices", "age"):
             value = getattr(self, name)
             if len(value) != 2 or value[0] > value[1]:

@@ -169,7 +169,8 @@ def evaluate(params_yaml: str, profile: str, model: Input[Model], preprocessed: 
     with stage_failure("evaluate", evaluation.path, calibrator.path, metrics.path, roc.path, report.path):
         params = stage_params(params_yaml, profile)
         run_evaluate(params, Paths.from_params(params, model=model.path, preprocessed=preprocessed.path,
-                                               evaluation=evaluation.path, calibrator=calibrator.path))
+                                               evaluation=evaluation.path, calibrator=calibrator.path),
+                     run_id=model.metadata.get("mlflow_run_id"))
         out = Path(evaluation.path)
         log_metrics(metrics, out / "metrics.json")
         log_classification(roc, out / "test")
@@ -193,7 +194,8 @@ def promote(params_yaml: str, profile: str, model: Input[Model], evaluation: Inp
         thresholds = {"min_auc_lower": min_auc_lower, "min_sensitivity_lower": min_sensitivity_lower}
         params = stage_params(params_yaml, profile, {"promote": {k: v for k, v in thresholds.items() if v >= 0}})
         result = run_promote(params, Paths.from_params(params, model=model.path, evaluation=evaluation.path,
-                                                       cohort=cohort.path, decision=decision.path))
+                                                       cohort=cohort.path, decision=decision.path),
+                             run_id=model.metadata.get("mlflow_run_id"))
         gate.log_metric("promoted", 1.0 if result.promoted else 0.0)
         gate.log_metric("version", float(result.version))
         for rule in result.rules:

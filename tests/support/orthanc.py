@@ -190,7 +190,7 @@ def write_params(tmp: Path, orthanc: "Orthanc", **pacs: object) -> Path:
     params["paths"]["calibrator"] = str(tmp / "no-calibrator.json")
     params["pacs"].update({"url": orthanc.url, "stable_age_s": 0.0, "poll_s": 0.5, "lease_s": 5.0,
                            "retry": {"count": 8, "backoff_s": 0.2, "factor": 2.0, "max_backoff_s": 2.0}})
-    params["pacs"]["listen"]["spool"] = str(tmp / "spool")
+    params["pacs"]["listen"].update({"spool": str(tmp / "spool"), "quiet_s": 1.0})
     params["pacs"]["worklist"].update({"refresh_s": 1.0, "pacs_cache_s": 0.0})
     for name, value in pacs.items():
         params["pacs"][name] = value

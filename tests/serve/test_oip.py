@@ -7,35 +7,16 @@ files; S3 is a stand-in client holding one zip object (the real S3 path, moto ov
 tests/serve/test_oip_http.py's).
 """
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
-from covidnet.data.series import SeriesParams
-from covidnet.params import load_params, section
-from covidnet.preprocess.params import PreprocessParams
 from covidnet.serve.client import zip_folder
 from covidnet.serve.oip import input_specs, model_metadata, parse_rest
-from covidnet.serve.params import ServeParams
 from covidnet.serve.request import request_studies
 from covidnet.serve.study import ServeInputError
-from support import REPO
-from support.oip import In, grpc_request, rest_binary, rest_json
+from support.oip import In, grpc_request, rest_binary, rest_json, serve_bundle
 from support.server import write_study
-from support.train import PRE, SHAPE
-
-
-def _bundle(**serve) -> SimpleNamespace:
-    params = load_params(REPO / "params.yaml", profile="tiny")
-    sp = section(params, "serve", ServeParams)
-    import dataclasses
-
-    return SimpleNamespace(
-        serve=dataclasses.replace(sp, **{"max_uncompressed_mb": 1.0, "max_studies": 4, **serve}), shape=SHAPE,
-        series=SeriesParams(**{**params["series"], "workers": 1}),
-        preprocess=PreprocessParams(**{**PRE, "dtype": "float16", "body_hu": -500.0, "lung_hu": [-950.0, -400.0],
-                                       "workers": 1}))
+from support.train import SHAPE
 
 
 def _decoded(encoding: str, inputs: list[In]):
@@ -130,7 +111,7 @@ EXPECTED = {"s3 missing": "ref.not_found", "s3 malformed": "ref.format", "shape 
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_encoding_accepts_and_refuses_alike(case, studies, monkeypatch):
     monkeypatch.setattr("covidnet.serve.s3._client", lambda: _S3({"a/study.zip": studies["zip"]}))
-    bundle = _bundle()
+    bundle = serve_bundle()
     inputs = CASES[case](studies)
     encodings = ["json", "binary", "grpc"]
     if all(i.datatype != "FP16" for i in inputs):
@@ -159,13 +140,13 @@ def test_metadata_from_the_card_shape():
 def test_binary_bytes_framing(raw, rule, studies):
     payload = _decoded("binary", [In("study_zip", "BYTES", [1], raw)])
     with pytest.raises(ServeInputError) as err:
-        request_studies(payload, _bundle())
+        request_studies(payload, serve_bundle())
     assert err.value.rule == rule, err.value
 
 
 def test_reference_in_study_zip_is_named(studies):
     with pytest.raises(ServeInputError, match="send references in input 'study_ref'"):
-        request_studies(_decoded("binary", [In("study_zip", "BYTES", [1], [b"s3://studies/a.zip"])]), _bundle())
+        request_studies(_decoded("binary", [In("study_zip", "BYTES", [1], [b"s3://studies/a.zip"])]), serve_bundle())
 
 
 def test_errors_never_echo_request_bytes():
@@ -178,6 +159,6 @@ def test_errors_never_echo_request_bytes():
              (b'{"inputs": [{"name": "' + secret + b'", "datatype": "FP32", "shape": [1], "data": [1]}]}', None)]
     for i, (body, header) in enumerate(cases):
         with pytest.raises(ServeInputError) as err:
-            request_studies(parse_rest(body, header), _bundle())
+            request_studies(parse_rest(body, header), serve_bundle())
         assert "PAT-SECRET" not in err.value.log_text(b"k"), err.value.log_text(b"k")
         assert ("PAT-SECRET" in str(err.value)) == (i == len(cases) - 1), err.value

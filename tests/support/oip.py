@@ -40,6 +40,28 @@ class In:
     data: object
 
 
+def serve_bundle(**serve):
+    """What :func:`covidnet.serve.request.request_studies` reads of a loaded model, without a network:
+    the ``serve`` params (the repository's, max_uncompressed_mb 1, max_studies 4, then ``serve``),
+    the tiny profile's series and preprocessing, the tests' model input shape."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from covidnet.data.series import SeriesParams
+    from covidnet.params import load_params, section
+    from covidnet.preprocess.params import PreprocessParams
+    from covidnet.serve.params import ServeParams
+    from support import REPO
+    from support.train import PRE, SHAPE
+
+    params = load_params(REPO / "params.yaml", profile="tiny")
+    sp = dataclasses.replace(section(params, "serve", ServeParams),
+                             **{"max_uncompressed_mb": 1.0, "max_studies": 4, **serve})
+    return SimpleNamespace(serve=sp, shape=SHAPE, series=SeriesParams(**{**params["series"], "workers": 1}),
+                           preprocess=PreprocessParams(**{**PRE, "dtype": "float16", "body_hu": -500.0,
+                                                          "lung_hu": [-950.0, -400.0], "workers": 1}))
+
+
 def _bytes_payload(elements: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(e)) + e for e in elements)
 

@@ -10,8 +10,8 @@ Two layers:
   HMAC-SHA256 with the server's key), so a refused study can be matched to the log's
   ``study_hash`` and to nothing else;
 * a safety net: :class:`RedactingFilter`, installed on every handler of the server's loggers
-  (its own, KServe's, uvicorn's), hashes anything shaped like a DICOM UID (six or more
-  dot-separated numbers) in every record, its arguments and its traceback, whoever logged it.
+  (its own, KServe's, uvicorn's), hashes anything shaped like a DICOM UID (:data:`UID_PATTERN`)
+  in every record, its arguments and its traceback, whoever logged it.
 
 A patient's name or id has no shape a filter could find: those are kept out by the first layer
 (the server never logs header values or request bytes).
@@ -23,8 +23,10 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 
-#: A DICOM UID: at least six numeric components (an IPv4 address or a version number has fewer).
-UID_PATTERN = re.compile(r"(?<![\d.])(?:0|[1-9]\d*)(?:\.(?:0|[1-9]\d*)){5,}(?![\d.])")
+#: A DICOM UID's shape: an ISO root (0, 1, 2) and two or more numeric components, not inside a
+#: longer dotted number. :func:`redact_uids` hashes those of six or more components or 16 or
+#: more characters (``2.25.<uuid>`` has three); an IPv4 address or a version number is neither.
+UID_PATTERN = re.compile(r"(?<![\w.])[0-2](?:\.(?:0|[1-9]\d*)){2,}(?![\w.])")
 
 #: Loggers whose handlers get the filter (the root covers covidnet.* and anything propagating).
 SERVER_LOGGERS = ("", "kserve", "kserve.trace", "uvicorn", "uvicorn.error", "uvicorn.access", "grpc")
@@ -51,7 +53,11 @@ def redact(text: str, private: Mapping[str, Iterable[str]], key: bytes) -> str:
 
 def redact_uids(text: str, key: bytes) -> str:
     """Every UID-shaped run in ``text`` replaced by ``<uid:hash>``."""
-    return UID_PATTERN.sub(lambda m: hashed(key, "uid", m.group(0)), text)
+    def one(m: re.Match) -> str:
+        uid = m.group(0)
+        return hashed(key, "uid", uid) if uid.count(".") >= 5 or len(uid) >= 16 else uid
+
+    return UID_PATTERN.sub(one, text)
 
 
 class RedactingFilter(logging.Filter):

@@ -14,6 +14,7 @@
 #   BASE_IMAGE       build on this image instead of the local base (e.g. python:3.11-slim where a registry answers)
 #   CUDA_BASE_IMAGE  the CUDA image's base (default: Dockerfile.cuda's nvidia/cuda, which needs a registry)
 #   MIRROR           the Debian mirror for debootstrap (default: the first bookworm URI of this machine's apt sources)
+#   TORCH_INDEX_URL  cuda only: the wheel index of its (CUDA) torch; default PyPI
 #
 # Images are named by params.yaml (pipeline.image: one place), labelled with the git commit ("-dirty" when a
 # file that goes into the image differs from it). Times of every step are printed and kept in images.json.
@@ -166,10 +167,11 @@ build() {  # build DOCKERFILE NAME BASE KEY
   [ -f "$wh/.complete" ] || die "no wheelhouse (bash scripts/images.sh wheelhouse)"
   version=$(python3 -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['version'])")
   # On the local base everything is in the base or the wheelhouse: the build runs without a network.
-  [ "$from" = "$LOCAL_BASE" ] && offline=(--network none)
-  say "$key: podman build -f $file -t $name (base $from, offline from the wheelhouse)"
+  if [ "$from" = "$LOCAL_BASE" ] && [ "$key" = cpu ]; then offline=(--network none); fi
+  say "$key: podman build -f $file -t $name (base $from; Python packages from the wheelhouse${offline:+, no network})"
   podman build --format docker --layers "${offline[@]}" -f "$file" -t "$name" \
     --build-arg BASE_IMAGE="$from" --build-arg WHEELHOUSE=/wheelhouse -v "$wh:/wheelhouse:ro" \
+    --build-arg TORCH_INDEX_URL="${TORCH_INDEX_URL:-}" \
     --build-arg GIT_COMMIT="$(commit "$file" .dockerignore pyproject.toml README.md params.yaml requirements.lock src)" \
     --build-arg VERSION="$version" . >&2
   local id size
@@ -190,7 +192,8 @@ cpu() {
 cuda() {
   local cuda_name
   cuda_name=$(names | sed -n 2p)
-  [ -n "${CUDA_BASE_IMAGE:-}" ] || die "cuda: not built here: set CUDA_BASE_IMAGE to a CUDA runtime image this machine has or can pull (no registry here) - Dockerfile.cuda's default is nvidia/cuda from Docker Hub"
+  # torch comes from an index (a CUDA build; the wheelhouse holds the CPU one): the build needs PyPI or TORCH_INDEX_URL.
+  [ -n "${CUDA_BASE_IMAGE:-}" ] || die "cuda: not built: set CUDA_BASE_IMAGE to a CUDA runtime image this machine has or can pull (Dockerfile.cuda's default, nvidia/cuda, comes from Docker Hub, which is not reachable here)"
   [ -f "$(wheelhouse_dir)/.complete" ] || wheelhouse
   build Dockerfile.cuda "$cuda_name" "$CUDA_BASE_IMAGE" cuda
 }

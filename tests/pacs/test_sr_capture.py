@@ -69,9 +69,10 @@ def test_masks_count_what_lung_abnormality_reports(study):
 
 def test_overlay_capture_is_labelled_and_parses(study):
     files, shape = _files(study)
-    overlay = MaskSource(SERVE, -500.0).overlay(files, study, shape)
+    overlay = MaskSource(SERVE, -500.0).overlay(files, study, shape, PP.capture.tiles)
     pixels = render(overlay, PP.capture, "P(COVID-19) 0.712 (covid19)")
-    n = min(PP.capture.tiles, len(overlay.hu))
+    n = min(PP.capture.tiles, len(files))
+    assert len(overlay.hu) == n
     cols = int(np.ceil(np.sqrt(n)))
     assert pixels.shape == (int(np.ceil(n / cols)) * PP.capture.tile_px + 44, cols * PP.capture.tile_px, 3)
     assert (pixels[..., 0] > pixels[..., 2] + 100).any()  # yellow / red overlay drawn

@@ -4,11 +4,13 @@ The overlay comes from an *image source* (``pacs.capture.source``, :data:`SOURCE
 saliency map can replace the default later: a source turns the analysed series into an
 :class:`Overlay` (HU slices plus weighted colour layers). The default, :class:`MaskSource`,
 shows the ground-glass (yellow) and consolidation (red) voxels of the lung, by the HU windows
-and lung mask that :func:`covidnet.serve.lesions.lung_abnormality` measures its fractions with,
-on the same evenly spaced, subsampled slices (:func:`covidnet.serve.lesions.lesion_sample`).
+and lung mask steps that :func:`covidnet.serve.lesions.lung_abnormality` measures its fractions
+with (:func:`lesion_masks`), on ``pacs.capture.tiles`` evenly spaced slices read and subsampled
+as :func:`covidnet.serve.lesions.lesion_sample` does. Only the slices shown are read and
+masked (the mask's 3D size filter then sees those slices alone): the fractions in the SR are
+the endpoint's, measured on up to ``serve.lesion_max_slices``.
 
-:func:`render` lays ``pacs.capture.tiles`` evenly spaced slices out in a square grid under a
-banner that says "NOT FOR DIAGNOSIS"; :func:`secondary_capture` wraps it as an RGB Secondary
+:func:`render` lays the slices out in a square grid under a banner that says "NOT FOR DIAGNOSIS"; :func:`secondary_capture` wraps it as an RGB Secondary
 Capture image (highdicom) in the analysed study, with ``BurnedInAnnotation`` YES and the
 disclaimer in ``ImageComments`` and ``SeriesDescription``.
 """
@@ -50,9 +52,9 @@ class Overlay:
 
 
 class ImageSource(Protocol):
-    """Turns the analysed series into an :class:`Overlay`."""
+    """Turns the analysed series (its files table, slice order) into an :class:`Overlay` of at most ``n`` slices."""
 
-    def overlay(self, files: pd.DataFrame, root: Path, shape: tuple[int, int]) -> Overlay: ...
+    def overlay(self, files: pd.DataFrame, root: Path, shape: tuple[int, int], n: int) -> Overlay: ...
 
 
 def lesion_masks(hu: np.ndarray, body_hu: float, params: ServeParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -89,10 +91,11 @@ class MaskSource:
     def __init__(self, serve: ServeParams, body_hu: float) -> None:
         self.serve, self.body_hu = serve, body_hu
 
-    def overlay(self, files: pd.DataFrame, root: Path, shape: tuple[int, int]) -> Overlay:
+    def overlay(self, files: pd.DataFrame, root: Path, shape: tuple[int, int], n: int) -> Overlay:
         from covidnet.serve.lesions import lesion_sample
 
-        hu = lesion_sample(files, root, shape, self.serve)
+        take = np.unique(np.linspace(0, len(files) - 1, min(n, len(files))).round().astype(int))
+        hu = lesion_sample(files.iloc[take].reset_index(drop=True), root, shape, self.serve)
         _, ggo, cons = lesion_masks(hu, self.body_hu, self.serve)
         return Overlay(hu, (Layer("ground glass", ggo.astype(np.float32), (255, 210, 0)),
                             Layer("consolidation", cons.astype(np.float32), (230, 30, 30))),
@@ -113,8 +116,8 @@ def make_source(name: str, serve: ServeParams, body_hu: float) -> ImageSource:
 
 
 def render(overlay: Overlay, params: CaptureParams, title: str) -> np.ndarray:
-    """A montage ``(H, W, 3)`` uint8: evenly spaced tiles with the layers blended in, under a banner
-    with :data:`DISCLAIMER`, ``title`` and the legend."""
+    """A montage ``(H, W, 3)`` uint8: the overlay's slices (at most ``params.tiles``, evenly spaced) with
+    the layers blended in, under a banner with :data:`DISCLAIMER`, ``title`` and the legend."""
     from PIL import Image, ImageDraw, ImageFont
 
     n_slices = overlay.hu.shape[0]

@@ -116,7 +116,8 @@ class Processor:
             model = answer["model"]
             synthetic = " - SYNTHETIC training data" if str(model.get("synthetic")).lower() == "true" else ""
             title = f"P(COVID-19) {answer['covid19_probability']:.3f} ({answer['decision']}){synthetic}"
-            pixels = render(self.source.overlay(files, job.folder, shape), self.pp.capture, title)
+            pixels = render(self.source.overlay(files, job.folder, shape, self.pp.capture.tiles), self.pp.capture,
+                            title)
             what = f"COVIDNet overlay of the analysed series; {title}; model {model['name']} {model['version']}"
             overlay = secondary_capture(ref, pixels, uids["sc_series"], uids["sc_sop"], self.pp.sc_series_number,
                                         self.pp.manufacturer, what)

@@ -10,7 +10,7 @@ file. :func:`read_volume_hu` reads the files table of one series
 in HU. A file that cannot be read or decoded raises :class:`SeriesReadError` naming the file.
 
 Every decoder gives the same stored values as pydicom's ``pixel_array`` (tested per transfer
-syntax, signedness and rescale); they differ only in speed (``benchmarks/decoders.py``).
+syntax, signedness and rescale); they differ only in speed (``benchmarks/preprocess.py``).
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ class Paths:
     train_report: Path
     calibrator: Path
     evaluation: Path
+    headline: Path
     decision: Path
     predlog: Path
     monitor: Path

@@ -42,11 +42,16 @@ def mlflow_params(params: dict[str, Any]) -> MlflowParams:
     return dataclasses.replace(base, tracking_uri=uri) if uri else base
 
 
+#: The experiment tag MLflow's UI reads to open an experiment on its model-training view (not the GenAI one).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def configure(params: MlflowParams) -> str:
     """Point MLflow at ``params.tracking_uri`` and the experiment; return the experiment id.
 
-    A new experiment gets ``params.artifact_root`` (made absolute) as its artifact location
-    when the store is local.
+    A new experiment gets ``params.artifact_root`` (made absolute: MLflow stores local artifact
+    locations as absolute paths) as its artifact location when the store is local, and the tag
+    that makes MLflow's UI show it as model training (:data:`EXPERIMENT_KIND`).
     """
     import mlflow
 
@@ -54,11 +59,14 @@ def configure(params: MlflowParams) -> str:
     mlflow.set_tracking_uri(uri)
     existing = mlflow.get_experiment_by_name(params.experiment)
     if existing is not None:
+        for key, value in EXPERIMENT_KIND.items():
+            if existing.tags.get(key) != value:
+                mlflow.MlflowClient().set_experiment_tag(existing.experiment_id, key, value)
         return existing.experiment_id
     location = None
     if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
         location = Path(params.artifact_root).resolve().as_uri()
-    return mlflow.create_experiment(params.experiment, artifact_location=location)
+    return mlflow.create_experiment(params.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
 
 
 def flatten(prefix: str, obj: Any) -> dict[str, Any]:

@@ -324,7 +324,7 @@ def test_local_run_registers_a_model_and_writes_metrics(tmp_path, monkeypatch):
     outputs = kp.run_local(args, tmp_path / "root")
 
     metrics = outputs["metrics"].metadata
-    assert "test.test_auc" in metrics and 0.0 <= metrics["test.test_auc"] <= 1.0
+    assert "test.auc" in metrics and 0.0 <= metrics["test.auc"] <= 1.0
     roc = outputs["roc"].metadata
     assert roc["confidenceMetrics"] and roc["confusionMatrix"]["annotationSpecs"][1]["displayName"] == "covid"
     assert outputs["cohort_metrics"].metadata and outputs["train_metrics"].metadata["epochs_run"] == 2

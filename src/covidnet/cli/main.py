@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 DESCRIPTION = """\
@@ -61,13 +62,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Libraries whose INFO lines are their own business (MLflow's store set-up, Alembic's migrations,
+#: Great Expectations' per-expectation lines): warnings only, whatever the command's level.
+_QUIET_LIBRARIES = ("mlflow", "alembic", "great_expectations", "urllib3", "botocore")
+
+
+def configure_logging(quiet: bool) -> None:
+    """The command's own lines at INFO (``--quiet``: warnings only); libraries' at WARNING.
+
+    ``--quiet`` (what ``dvc.yaml`` runs) or a stderr that is not a terminal also turns MLflow's
+    artifact progress bars off, so a log holds the stages' own lines.
+    """
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for name in _QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers' level when imported
+    if quiet or not sys.stderr.isatty():
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``covidnet`` console script."""
     from covidnet.errors import CovidnetError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(quiet=getattr(args, "quiet", False))
     try:
         return importlib.import_module(COMMANDS[args.command][0]).run(args)
     except (CovidnetError, FileNotFoundError) as exc:

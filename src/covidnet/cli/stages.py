@@ -60,13 +60,13 @@ def output_overrides(stage: Stage, given: dict[str, Path]) -> dict[str, Path]:
 
 
 #: File outputs: the suffix a derived one gets.
-_SUFFIX = {"metrics": ".json", "calibrator": ".json", "split": ".csv", "decision": ".json"}
+_SUFFIX = {"metrics": ".json", "calibrator": ".json", "headline": ".json", "split": ".csv", "decision": ".json"}
 
 
 def _synth(params, paths, args):
     from covidnet.synthetic.synth import run_synth
 
-    return run_synth(params, paths)
+    return run_synth(params, paths, progress=not args.quiet)
 
 
 def _validate(params, paths, args):
@@ -171,8 +171,9 @@ STAGES: dict[str, Stage] = {
         "t-SNE of the features; metrics.json, report.md/html and plots per set.",
         (("--out", "evaluation", "output folder"), ("--model", "model", "trained model folder"),
          ("--preprocessed", "preprocessed", "preprocessed tensors folder"),
-         ("--calibrator", "calibrator", "calibrator fitted on the validation split (JSON)")),
-        ("evaluation", "calibrator"), _evaluate),
+         ("--calibrator", "calibrator", "calibrator fitted on the validation split (JSON)"),
+         ("--headline", "headline", "headline figures of every set (JSON, the dvc metrics file)")),
+        ("evaluation", "calibrator", "headline"), _evaluate),
     "promote": Stage(
         "Register the trained model (the MLflow run its model card names) as a new version of "
         "mlflow.registered_model, tagged with the git commit, the cohort's DVC hash, a params hash and the test "

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from covidnet.errors import MissingInputError
+from covidnet.progress import bar
 
 #: Transfer syntaxes whose pixel data are plain little-endian integers, readable in place.
 _NATIVE_LE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
@@ -227,21 +228,13 @@ def read_headers(paths: Sequence[Path | str], workers: int = 1, progress: bool =
     paths = [str(p) for p in paths]
     if workers <= 1 or len(paths) < 64:
         it: Iterable[SliceHeader | str] = map(read_header, paths)
-        if progress:
-            from tqdm import tqdm
-
-            it = tqdm(it, total=len(paths), desc="headers", unit="file", leave=False)
-        return list(it)
+        return list(bar(it, total=len(paths), desc="headers", unit="file", progress=progress, leave=False))
     chunk = max(16, len(paths) // (workers * 8))
     chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
     out: list[SliceHeader | str] = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
         results = pool.map(_read_headers, chunks)
-        if progress:
-            from tqdm import tqdm
-
-            results = tqdm(results, total=len(chunks), desc="headers", unit="chunk", leave=False)
-        for part in results:
+        for part in bar(results, total=len(chunks), desc="headers", unit="chunk", progress=progress, leave=False):
             out.extend(part)
     return out
 

@@ -154,42 +154,61 @@ def _kappa(point: dict, samples: dict, readers: list[str], pairs: list[tuple[str
     return out
 
 
+#: The few figures of a set a person reads first (``dvc metrics show``, the MLflow run's metrics):
+#: name -> (dotted figure in ``metrics.json``, ``value`` or the CI's ``lo``).
+HEADLINE = {"auc": ("auc", "value"), "auc_lo": ("auc", "lo"), "sens": ("covid.sensitivity", "value"),
+            "spec": ("covid.specificity", "value")}
+
+
+def headline(metrics: dict[str, Any], digits: int = 3) -> dict[str, float]:
+    """:data:`HEADLINE` of one set's metrics, rounded to ``digits``; an undefined figure is left out."""
+    out: dict[str, float] = {}
+    for name, (dotted, part) in HEADLINE.items():
+        fig: Any = metrics
+        for key in dotted.split("."):
+            fig = fig[key]
+        value = fig.get("value") if part == "value" else (fig.get("ci") or [None])[0]
+        if value is not None:
+            out[name] = round(float(value), digits)
+    return out
+
+
 def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    """Scalar metrics named ``<title>_<figure>`` (``test_auc``, ``test_auc_ci_lo``); nulls left out."""
-    t = metrics["title"]
-    out: dict[str, float] = {f"{t}_n": metrics["n"], f"{t}_n_positive": metrics["n_positive"]}
+    """Every scalar figure of one set, named without the set (``auc``, ``auc_ci_lo``,
+    ``covid_sensitivity``, ``hospital_<name>_tp``, ``reader_<name>_accuracy``); nulls left out."""
+    out: dict[str, float] = {"n": metrics["n"], "n_positive": metrics["n_positive"]}
 
-    def safe(name: str) -> str:
-        return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    def name(*parts: str) -> str:
+        return "_".join(re.sub(r"[^A-Za-z0-9_.-]", "_", p) for p in parts if p)
 
-    def put(name: str, fig: dict[str, Any]) -> None:
+    def put(key: str, fig: dict[str, Any]) -> None:
         if fig.get("value") is not None:
-            out[name] = fig["value"]
+            out[key] = fig["value"]
         if fig.get("ci"):
-            out[f"{name}_ci_lo"], out[f"{name}_ci_hi"] = fig["ci"]
+            out[f"{key}_ci_lo"], out[f"{key}_ci_hi"] = fig["ci"]
 
     def rows(prefix: str, block: dict[str, Any]) -> None:
         for key in ("accuracy", "auc"):
             if key in block:
-                put(f"{prefix}_{key}", block[key])
+                put(name(prefix, key), block[key])
         for cls in LABELS:
             for f in FIGURES:
-                put(f"{prefix}_{cls}_{f}", block[cls][f])
-        out.update({f"{prefix}_{k}": v for k, v in block["confusion"].items()})
+                put(name(prefix, cls, f), block[cls][f])
+        out.update({name(prefix, k): v for k, v in block["confusion"].items()})
 
-    rows(t, metrics)
-    for name, h in metrics["per_hospital"].items():
-        out.update({f"{t}_hospital_{safe(name)}_{k}": v for k, v in h["confusion"].items()})
+    rows("", metrics)
+    for hospital, h in metrics["per_hospital"].items():
+        out.update({name("hospital", hospital, k): v for k, v in h["confusion"].items()})
         for k in ("sensitivity", "specificity"):
-            put(f"{t}_hospital_{safe(name)}_{k}", h[k])
-    for name, r in metrics["readers"].items():
-        rows(f"{t}_reader_{safe(name)}", r)
-    for name, fig in metrics["kappa"]["model_vs_reader"].items():
-        put(f"{t}_kappa_model_{safe(name)}", fig)
-    for name, fig in metrics["kappa"]["reader_vs_reader"].items():
-        put(f"{t}_kappa_{safe(name.replace(' vs ', '__'))}", fig)
+            put(name("hospital", hospital, k), h[k])
+    for reader, r in metrics["readers"].items():
+        rows(name("reader", reader), r)
+    for reader, fig in metrics["kappa"]["model_vs_reader"].items():
+        put(name("kappa_model", reader), fig)
+    for pair, fig in metrics["kappa"]["reader_vs_reader"].items():
+        put(name("kappa", pair.replace(" vs ", "__")), fig)
     cal = metrics["calibration"]
-    out.update({f"{t}_ece": cal["ece"], f"{t}_brier": cal["brier"]})
+    out.update({"ece": cal["ece"], "brier": cal["brier"]})
     if "calibrated" in cal:
-        out.update({f"{t}_calibrated_ece": cal["calibrated"]["ece"], f"{t}_calibrated_brier": cal["calibrated"]["brier"]})
+        out.update({"calibrated_ece": cal["calibrated"]["ece"], "calibrated_brier": cal["calibrated"]["brier"]})
     return {k: float(v) for k, v in out.items()}

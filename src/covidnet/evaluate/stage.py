@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from covidnet import atomic
-from covidnet.evaluate.figures import compute_metrics, flat_metrics
+from covidnet.evaluate.figures import compute_metrics, flat_metrics, headline
 from covidnet.evaluate.metrics import (
     Calibrator,
     brier_score,
@@ -130,7 +130,9 @@ def evaluate_predictions(preds: pd.DataFrame, params: EvaluateParams, out_dir: P
 
 
 def log_to_mlflow(metrics: dict[str, Any], out_dir: Path | str) -> None:
-    """Log :func:`flat_metrics` and the report files (under ``evaluate/<title>``) to MLflow.
+    """Log the set's headline figures (:func:`covidnet.evaluate.figures.headline`, as
+    ``<title>.auc``, ``<title>.auc_lo``, ...) and its size as metrics, and the report files with the
+    full ``metrics.json`` as artifacts (under ``evaluate/<title>``): a run page a person can read.
 
     Uses the active run; without one, opens a run for this call and ends it.
     """
@@ -141,7 +143,8 @@ def log_to_mlflow(metrics: dict[str, Any], out_dir: Path | str) -> None:
     out_dir = Path(out_dir)
     run = contextlib.nullcontext() if mlflow.active_run() is not None else mlflow.start_run()
     with run:
-        mlflow.log_metrics(flat_metrics(metrics))
+        title = metrics["title"]
+        mlflow.log_metrics({f"{title}.{k}": v for k, v in {**headline(metrics), "n": metrics["n"]}.items()})
         mlflow.set_tags({f"{metrics['title']}_synthetic": str(metrics["synthetic"]).lower(),
                          f"{metrics['title']}_threshold": str(metrics["threshold"])})
         for name in OUTPUT_FILES:
@@ -153,8 +156,8 @@ def log_to_mlflow(metrics: dict[str, Any], out_dir: Path | str) -> None:
 
 def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Path | str, params: EvaluateParams,
                    out_dir: Path | str, calibrator_path: Path | str, *, synthetic: bool,
-                   sets: tuple[str, ...] = ("test", "external"), run_id: str | None = None
-                   ) -> dict[str, dict[str, Any]]:
+                   sets: tuple[str, ...] = ("test", "external"), run_id: str | None = None,
+                   headline_path: Path | str | None = None) -> dict[str, dict[str, Any]]:
     """The ``evaluate`` stage for a trained model: score each test set and report it.
 
     Args:
@@ -173,6 +176,8 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
         sets: the splits to evaluate (test sets keep each patient's first scan).
         run_id: the MLflow run that trained the model (its figures are logged there), or None
             (an untracked model: nothing is logged).
+        headline_path: where the headline figures of every set go (``{set: {auc, auc_lo, sens,
+            spec}}``, the ``dvc metrics`` file); ``out_dir/metrics.json`` has every figure.
 
     Returns:
         ``{set: metrics}`` for each set that has patients.
@@ -215,6 +220,8 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
                                              title=name, features=feats, calibrator=calibrator)
         atomic.write_csv(folder / "predictions.csv", preds)
     atomic.write_json(out_dir / "metrics.json", {name: flat_metrics(m) for name, m in results.items()})
+    if headline_path is not None:
+        atomic.write_json(headline_path, {name: headline(m) for name, m in results.items()})
     run_id = run_id or card.mlflow_run_id
     if run_id:
         import mlflow
@@ -273,4 +280,5 @@ def run_evaluate(params: dict[str, Any], paths, predictions: Path | None = None,
     if run_id:  # the figures go into the run that trained the model; an untracked model touches no store
         configure(mlflow_params(params))
     return EvaluateResult(evaluate_model(index, paths.preprocessed, paths.model, eparams, out or paths.evaluation,
-                                         paths.calibrator, synthetic=synthetic, run_id=run_id))
+                                         paths.calibrator, synthetic=synthetic, run_id=run_id,
+                                         headline_path=paths.headline))

@@ -25,6 +25,7 @@ from covidnet.data.pixels import SeriesReadError
 from covidnet.errors import InputError
 from covidnet.preprocess.params import PreprocessParams
 from covidnet.preprocess.series import preprocess_series
+from covidnet.progress import bar
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,7 @@ def preprocess_cohort(split: pd.DataFrame, series: pd.DataFrame, files: pd.DataF
         pool, futures = None, None
         iterator = iter(jobs)
     try:
-        if progress:
-            from tqdm import tqdm
-
-            iterator = tqdm(iterator, total=len(jobs), desc="preprocess", unit="scan")
+        iterator = bar(iterator, total=len(jobs), desc="preprocess", unit="scan", progress=progress)
         for job, item in zip(jobs, iterator):
             try:
                 results.append(item.result() if pool else _one_scan(item))

@@ -85,8 +85,11 @@ class SynthParams:
     first_scan_after_pcr_days: tuple[int, int]
     exclusion_cases: ExclusionCases
     hospitals: tuple[HospitalProfile, ...]
+    workers: int                       # processes writing studies; the bytes written do not depend on it
 
     def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ParamsError(f"synth.workers: {self.workers!r} must be at least 1")
         for name in (
             "covid_fraction",
             "difficulty",

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from covidnet.atomic import atomic_path, write_csv
 from covidnet.data.cohort import PATIENT_COLUMNS, PATIENTS_FILE, SCAN_COLUMNS, SCANS_FILE
+from covidnet.progress import bar
 from covidnet.synthetic.anatomy import random_anatomy
 from covidnet.synthetic.dicom_writer import SeriesHeader, write_localizer, write_series
 from covidnet.synthetic.params import SynthParams
@@ -192,7 +192,8 @@ def _replace(header: SeriesHeader, **changes: object) -> SeriesHeader:
     return dataclasses.replace(header, **changes)  # type: ignore[arg-type]
 
 
-def synthesize(params: SynthParams, dicom_dir: Path, manifest_dir: Path, *, workers: int = 2) -> SynthSummary:
+def synthesize(params: SynthParams, dicom_dir: Path, manifest_dir: Path, *, workers: int | None = None,
+               progress: bool = True) -> SynthSummary:
     """Write a SYNTHETIC cohort: a DICOM tree and its manifest (plus ``planted.csv``).
 
     Both folders are built beside their targets and renamed into place at the end, so a
@@ -204,8 +205,9 @@ def synthesize(params: SynthParams, dicom_dir: Path, manifest_dir: Path, *, work
         manifest_dir: ``patients.csv``, ``scans.csv`` (schema :mod:`covidnet.data.cohort`) and
             ``planted.csv`` (``patient_id, study_uid, case``: which patient was planted for
             which exclusion rule; synthetic ground truth, not manifest schema).
-        workers: processes writing studies (1 = in this process). The output does not
-            depend on it.
+        workers: processes writing studies (1 = in this process), instead of
+            ``params.workers``. The output does not depend on it.
+        progress: a progress bar on a terminal.
 
     Returns:
         Counts of what was written.
@@ -219,19 +221,20 @@ def synthesize(params: SynthParams, dicom_dir: Path, manifest_dir: Path, *, work
             "SYNTHETIC chest CT cohort written by covidnet.synth (phantoms, not patients).\n"
             "Folder and file names are random; select series from the DICOM headers.\n"
         )
-        bar = tqdm(total=len(tasks), desc="synth", unit="scan", disable=None)
+        meter = bar(total=len(tasks), desc="synth", unit="scan", progress=progress)
         try:
+            workers = params.workers if workers is None else workers
             if workers > 1 and len(tasks) > 1:
                 with ProcessPoolExecutor(max_workers=min(workers, os.cpu_count() or 1)) as pool:
                     for result in pool.map(_write_study, tasks, [tmp] * len(tasks)):
                         results.append(result)
-                        bar.update(1)
+                        meter.update(1)
             else:
                 for task in tasks:
                     results.append(_write_study(task, tmp))
-                    bar.update(1)
+                    meter.update(1)
         finally:
-            bar.close()
+            meter.close()
     with atomic_path(manifest_dir, directory=True) as tmp:
         write_csv(tmp / PATIENTS_FILE, pd.DataFrame(patients, columns=list(PATIENT_COLUMNS)))
         write_csv(tmp / SCANS_FILE, pd.DataFrame(scans, columns=list(SCAN_COLUMNS)))
@@ -252,8 +255,8 @@ def synthesize(params: SynthParams, dicom_dir: Path, manifest_dir: Path, *, work
     return summary
 
 
-def run_synth(params: dict, paths) -> SynthSummary:
+def run_synth(params: dict, paths, progress: bool = True) -> SynthSummary:
     """The ``synth`` stage: write the synthetic cohort into ``paths.dicom`` and ``paths.manifest``."""
     from covidnet.params import section
 
-    return synthesize(section(params, "synth", SynthParams), paths.dicom, paths.manifest)
+    return synthesize(section(params, "synth", SynthParams), paths.dicom, paths.manifest, progress=progress)

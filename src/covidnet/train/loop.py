@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from covidnet.model.inference import sigmoid
+from covidnet.progress import bar
 from covidnet.train.checkpoint import (
     BEST,
     LAST,
@@ -147,7 +148,9 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
 
     tracker = None
     if mlflow_params is not None and dist.main:
-        tracker = MlflowRun(mlflow_params, run_id, config, {**(provenance or {}), "git_commit": git_commit})
+        datasets = {name: (rows[[c for c in ("scan_id", "label", "hospital") if c in rows]].reset_index(drop=True),
+                           str(paths.preprocessed)) for name, rows in (("training", train_rows), ("validation", val_rows))}
+        tracker = MlflowRun(mlflow_params, run_id, config, {**(provenance or {}), "git_commit": git_commit}, datasets)
         run_id = tracker.run_id
     epochs_run = start_epoch - 1
     for epoch in range(start_epoch, params.epochs + 1):
@@ -161,7 +164,8 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
                                  collate_fn=collate))
         model.train()
         loss_sum, seen = 0.0, 0
-        bar = _bar(progress and dist.main, len(plan), f"epoch {epoch}/{params.epochs}")
+        meter = bar(total=len(plan), desc=f"epoch {epoch}/{params.epochs}", unit="step", progress=progress and dist.main,
+                    leave=False)
         for n_step, chunks in plan:
             optimizer.zero_grad(set_to_none=True)
             for j, chunk in enumerate(chunks):
@@ -181,8 +185,8 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
                 seen += len(chunk)
             scaler.step(optimizer)
             scaler.update()
-            bar.update(1)
-        bar.close()
+            meter.update(1)
+        meter.close()
         train_loss = all_reduce_mean(loss_sum, seen, dist)
 
         logits, labels = score_set(model, val_set, micro, device, autocast)
@@ -249,6 +253,5 @@ def _better(auc: float | None, loss: float, best: dict) -> bool:
 
 
 def _bar(show: bool, total: int, desc: str):
-    from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", leave=False, disable=not show)
+    return bar(total=total, desc=desc, unit="step", progress=show, leave=False)

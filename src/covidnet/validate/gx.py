@@ -55,6 +55,9 @@ def _run_suites(
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    gx_log = logging.getLogger("great_expectations")  # an INFO line per expectation otherwise
+    gx_log.setLevel(max(gx_log.getEffectiveLevel(), logging.WARNING))
+
     context = gx.get_context(mode="file", project_root_dir=str(work))
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     context.enable_analytics(False)

@@ -58,8 +58,9 @@ install() {
   else
     say "not root: $CONF not written (rootless podman keeps its own settings)"
   fi
-  local runtime
-  runtime=$(podman info --format '{{.Host.OCIRuntime.Name}}' 2>&1) || { echo "podman info failed: $runtime"; return 1; }
+  local runtime out
+  out=$(podman version --format '{{.Client.Version}}' 2>&1) || { echo "podman version failed: ${out##*$'\n'}"; return 1; }
+  runtime=$(podman info --format '{{.Host.OCIRuntime.Name}}' 2>&1) || { echo "podman info failed: ${runtime##*$'\n'}"; return 1; }
   [ "$runtime" = runc ] || { echo "podman uses the runtime '$runtime', not runc ($CONF is not read?)"; return 1; }
 }
 
@@ -101,23 +102,20 @@ skip() {
   exit 0
 }
 
-step() {  # step NAME COMMAND...: run, time, and print how long it took
-  local name=$1 t0=$SECONDS; shift
-  "$@"
-  say "$name: $((SECONDS - t0)) s"
-}
-
 ci() {
-  local t0=$SECONDS why
+  local t0=$SECONDS t why cpu cuda
   rm -f "$SKIP_FILE"
-  why=$(install 2>&1) || skip "${why:-install failed}"
-  say "podman $(podman version --format '{{.Client.Version}}'), runtime runc"
-  bash scripts/images.sh base || skip "the base image could not be made (see above)"
-  why=$(check 2>&1) || skip "$why"
+  t=$SECONDS; why=$(install) || skip "${why:-install failed}"
+  say "install: podman $(podman version --format '{{.Client.Version}}') with runc, in $((SECONDS - t)) s"
+  why=$(bash scripts/images.sh base 2>&1 | tee /dev/stderr | tail -1; exit "${PIPESTATUS[0]}") \
+    || skip "the base image could not be made: ${why#images: }"
+  why=$(check) || skip "$why"
   bash scripts/images.sh wheelhouse cpu
-  why=$(socket 2>&1) || skip "$why"
-  say "$why"
-  say "ready in $((SECONDS - t0)) s: images $(bash scripts/images.sh names | tr '\n' ' ')- API unix://$SOCKET"
+  t=$SECONDS; why=$(socket 2>&1) || skip "$why"
+  echo "$why" >&2
+  cpu=$(bash scripts/images.sh names | sed -n 1p); cuda=$(bash scripts/images.sh names | sed -n 2p)
+  say "ready in $((SECONDS - t0)) s: built $cpu; not built $cuda (no CUDA base image and no GPU here:" \
+      "Dockerfile.cuda is for a machine with a registry); API unix://$SOCKET"
 }
 
 case "${1:-ci}" in

@@ -173,11 +173,12 @@ build() {  # build DOCKERFILE NAME BASE KEY
     --build-arg BASE_IMAGE="$from" --build-arg WHEELHOUSE=/wheelhouse -v "$wh:/wheelhouse:ro" \
     --build-arg TORCH_INDEX_URL="${TORCH_INDEX_URL:-}" \
     --build-arg GIT_COMMIT="$(commit "$file" .dockerignore pyproject.toml README.md params.yaml requirements.lock src)" \
-    --build-arg VERSION="$version" . >&2
+    --build-arg VERSION="$version" . > "$CACHE/build-$key.log" 2>&1 \
+    || { tail -40 "$CACHE/build-$key.log" >&2; die "$key: podman build failed (whole log: $CACHE/build-$key.log)"; }
   local id size
   id=$(podman image inspect --format '{{.Id}}' "$name")
   size=$(podman image inspect --format '{{.Size}}' "$name")
-  say "$key: $name ${id:0:12}, $((size / 1000000)) MB, in $((SECONDS - t0)) s"
+  say "$key: $name ${id:0:12}, $((size / 1000000)) MB, in $((SECONDS - t0)) s (log: $CACHE/build-$key.log)"
   record "$key" "{\"seconds\": $((SECONDS - t0)), \"image\": \"$name\", \"id\": \"$id\", \"mb\": $((size / 1000000))}"
 }
 

@@ -15,12 +15,15 @@ holds none: the timings do not depend on the weights) and ``--params``:
   the zip POSTed as the raw body of a V1 request (``Content-Type: application/zip``), as
   ``covidnet predict`` sends it; the server also logs each answer to its prediction log (a
   SQLite file in the run's temporary folder), as it does in production;
-* ``server_base64``: a second such server (so that neither inherits the other's heap), the
-  zip base64 in a V2 JSON request (BYTES input).
+* ``server_v2_binary``: a second such server (so that none inherits another's heap), the raw zip
+  in a V2 request of the Open Inference Protocol's binary tensor extension (the ``study_zip``
+  BYTES input, ``Inference-Header-Content-Length``, no Content-Type: what tritonclient sends by
+  default), decoded by the adapter's own V2 route;
+* ``server_base64``: a third, the zip base64 in a V2 JSON request (``study_zip``).
 
 Concurrency 1: ``--requests`` rounds, each one request of every kind in turn (the order
 rotating from round to round, ``--pause`` seconds between requests), so a change of load on a
-shared machine hits all three alike. Concurrency ``--concurrency``: ``--requests``
+shared machine hits all four alike. Concurrency ``--concurrency``: ``--requests``
 requests from that many threads, in-process and ``server_binary``. Latency p50/p99 (p99 of a
 handful is close to the maximum) and throughput (requests/s over the level's wall time).
 
@@ -95,8 +98,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _post(url: str, body: bytes, content_type: str) -> dict:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
+def _post(url: str, body: bytes, content_type: str | None, headers: dict | None = None) -> dict:
+    req = urllib.request.Request(url, data=body, headers=dict(headers or {}), method="POST")
+    if content_type:
+        req.add_header("Content-Type", content_type)
     with urllib.request.urlopen(req, timeout=600) as resp:
         return json.loads(resp.read())
 
@@ -235,6 +240,11 @@ def main() -> None:
         zipped = zip_folder(folder)
         (Path(tmp) / "study.zip").write_bytes(zipped)
         b64_body = json.dumps(v2_zip_request([zipped])).encode()
+        # the binary tensor extension: the JSON header, then the BYTES element (4-byte length, the zip)
+        head = json.dumps({"inputs": [{"name": "study_zip", "shape": [1], "datatype": "BYTES",
+                                       "parameters": {"binary_data_size": len(zipped) + 4}}]}).encode()
+        v2_binary_body = head + len(zipped).to_bytes(4, "little") + zipped
+        v2_binary_headers = {"Inference-Header-Content-Length": str(len(head))}
         report["series"].update(zip_mb=round(len(zipped) / 2**20, 1), base64_body_mb=round(len(b64_body) / 2**20, 1))
 
         params = load_params(args.params)
@@ -245,7 +255,7 @@ def main() -> None:
         # One server per way of sending, so that neither inherits the other's heap; each logs
         # every answer (the monitor's prediction log) into this run's folder.
         servers, logs, urls, handles = {}, {}, {}, []
-        for k, route in (("server_binary", "v1"), ("server_base64", "v2")):
+        for k, route in (("server_binary", "v1"), ("server_v2_binary", "v2"), ("server_base64", "v2")):
             raw = yaml.safe_load(Path(args.params).read_text())
             raw["paths"]["predlog"] = str(Path(tmp) / f"{k}.db")
             (Path(tmp) / f"{k}.yaml").write_text(yaml.safe_dump(raw))
@@ -261,6 +271,8 @@ def main() -> None:
                        else f"http://127.0.0.1:{port}/v2/models/{name}/infer")
         anchor = _AnchorProcess(model_dir, args.params, Path(tmp) / "study.zip")
         calls = {"server_binary": lambda: answers(_post(urls["server_binary"][1], zipped, "application/zip")),
+                 "server_v2_binary": lambda: answers(_post(urls["server_v2_binary"][1], v2_binary_body, None,
+                                                           v2_binary_headers)),
                  "server_base64": lambda: answers(_post(urls["server_base64"][1], b64_body, "application/json"))}
         try:
             for k, proc in servers.items():
@@ -283,7 +295,7 @@ def main() -> None:
             cpu: dict[str, list[float]] = {k: [] for k in lat}
             kinds = list(lat)
             for r in range(args.requests):  # interleaved rounds at concurrency 1, the order rotating
-                for k in kinds[r % 3:] + kinds[:r % 3]:
+                for k in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
                     time.sleep(args.pause)  # let the previous request's clean-up (either process) finish
                     if k == "in_process":
                         one = anchor.ask("run")

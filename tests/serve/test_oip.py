@@ -144,6 +144,15 @@ def test_binary_bytes_framing(raw, rule, studies):
     assert err.value.rule == rule, err.value
 
 
+def test_json_text_is_always_base64(studies):
+    """A JSON string that begins like a zip is text, not bytes: refused as base64, not taken as a zip."""
+    payload = parse_rest(b'{"inputs": [{"name": "study_zip", "datatype": "BYTES", "shape": [1], '
+                         b'"data": ["PK\\u0003\\u0004rest"]}]}')
+    with pytest.raises(ServeInputError) as err:
+        request_studies(payload, serve_bundle())
+    assert err.value.rule == "zip.base64"
+
+
 def test_reference_in_study_zip_is_named(studies):
     with pytest.raises(ServeInputError, match="send references in input 'study_ref'"):
         request_studies(_decoded("binary", [In("study_zip", "BYTES", [1], [b"s3://studies/a.zip"])]), serve_bundle())

@@ -272,6 +272,23 @@ def test_malformed_rest_bodies_are_400(server, body, headers, message):
     assert "PNG" not in outcome.error
 
 
+@pytest.mark.parametrize("body,content_type,message", [
+    (b'{"instances": "x"}', "application/json", "must be a list"),
+    (b'{"instances": [null]}', "application/json", "does not match"),
+    (b'{"instances": [[["a"]]]}', "application/json", "not a numeric array"),
+    (b'{"instances": [{"b64": 5}]}', "application/json", "'b64' must be a string"),
+    (b'{"instances": [{"other": 1}]}', "application/json", "needs 'b64'"),
+    (b'{"instances": ["PK\\u0003\\u0004 not base64"]}', "application/json", "not base64"),
+    (b'[1, 2]', "application/json", "expected V2 'inputs'"),
+    (b'{"instances": [', "application/json", "Unrecognized request format"),
+    (b"PK\x03\x04 truncated", "application/zip", "not a zip archive"),
+    (b"\x00\x01", "text/plain", "Content-Type 'text/plain'"),
+])
+def test_malformed_v1_requests_are_400(server, body, content_type, message):
+    outcome = rest_outcome(*post(f"{server['base']}/v1/models/{NAME}:predict", body, {"Content-Type": content_type}))
+    assert outcome.status == "400" and message in outcome.error, (outcome.status, outcome.error)
+
+
 def test_malformed_binary_framing_is_400(server):
     head = json.dumps({"inputs": [{"name": "tensor", "datatype": "FP32", "shape": [1, *SHAPE],
                                    "parameters": {"binary_data_size": 4 * int(np.prod(SHAPE))}}]}).encode()

@@ -371,11 +371,11 @@ def _deserialize_bytes(raw: bytes | memoryview, shape: list[int], count: int, la
 
 
 def _zip_bytes(e: bytes | memoryview | str, label: str) -> bytes | memoryview:
-    """A study_zip element: raw zip bytes as they are, anything else read as base64."""
+    """A study_zip element: raw zip bytes (binary data) as they are, anything else read as base64
+    (text in JSON is always base64)."""
     from covidnet.serve.study import decode_base64
 
-    head = bytes(e[:4]) if not isinstance(e, str) else e[:4].encode("latin-1", "replace")
-    if head in ZIP_MAGIC:
+    if not isinstance(e, str) and bytes(e[:4]) in ZIP_MAGIC:
         return e
     if isinstance(e, str) and e.startswith("s3://") or not isinstance(e, str) and bytes(e[:5]) == b"s3://":
         raise _err(f"{label}: an s3:// reference; send references in input 'study_ref'", "input.study_ref")

@@ -19,6 +19,7 @@ from covidnet.monitor.predlog import PredictionLog
 from covidnet.pacs.dicomweb import PacsClient, current_reports
 from covidnet.pacs.params import pacs_params
 from covidnet.pacs.pipeline import Processor
+from covidnet.pacs.retry import PacsError
 from covidnet.pacs.scorer import LocalScorer
 from covidnet.pacs.sr import report_values
 from covidnet.pacs.state import StudyState
@@ -193,3 +194,23 @@ def test_changed_study_is_analysed_again_and_the_new_sr_supersedes(pacs, model, 
     assert "most slices (16)" in report_values(current)["selection"]
     assert watcher.run(once=True).processed == {}  # and not again
     assert_exactly_one_current_result(pacs, [uid], analyses=2)
+
+
+def test_a_refused_store_is_retried_later_and_once_does_not_wait_for_it(pacs, model, monkeypatch):
+    (uid,) = pacs["upload"](1, "refused")
+    watcher = _watcher(pacs["params"], model, monkeypatch)
+    real_store = watcher.client.store
+    monkeypatch.setattr(watcher.client, "store", lambda datasets: (_ for _ in ()).throw(PacsError("STOW-RS: HTTP 400")))
+    t0 = time.perf_counter()
+    total = watcher.run(once=True)
+    assert total.failed == 1 and not total.processed and time.perf_counter() - t0 < 30
+    assert watcher.run(once=True).deferred == 1  # a second --once sees it backing off, and does not wait either
+    with sqlite3.connect(pacs["db"]) as db:
+        status, attempts, error = db.execute("SELECT status, attempts, last_error FROM pacs_studies").fetchone()
+    assert (status, attempts) == ("retrying", 1) and "HTTP 400" in error
+    assert not pacs["orthanc"].results(uid, ROOT)["SR"]
+    monkeypatch.setattr(watcher.client, "store", real_store)
+    with sqlite3.connect(pacs["db"]) as db:  # the back-off (pacs.retry.max_backoff_s) has passed
+        db.execute("UPDATE pacs_studies SET next_try_at = NULL")
+    assert watcher.run(once=True).processed == {"done": 1}
+    assert_exactly_one_current_result(pacs, [uid])

@@ -132,9 +132,9 @@ def _loop(args, params, pp, state) -> int:
 
     total = Watcher(pp, client, state, processor, stop).run(once=args.once)
     done = ", ".join(f"{n} {s}" for s, n in sorted(total.processed.items())) or "nothing new"
-    print(f"pacs watch: {total.studies} CT studies in the PACS; processed: {done}; {total.failed} failed "
-          f"(tried again later), {total.waiting} waiting")
-    return 1 if args.once and total.failed else 0
+    print(f"pacs watch: {total.studies} CT studies in the PACS; processed: {done}; {total.failed} failed, "
+          f"{total.deferred} backing off (tried again later), {total.waiting} waiting")
+    return 1 if args.once and (total.failed or total.deferred) else 0
 
 
 def _worklist(args, pp, state) -> int:

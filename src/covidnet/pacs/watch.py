@@ -17,7 +17,7 @@ Each poll (every ``pacs.poll_s``):
 
 A study that changes after its analysis (a new series) gets a new fingerprint and is analysed
 again; its new SR supersedes the old one. ``--once`` polls until nothing is waiting to become
-stable, then exits; without it the watcher follows until stopped (SIGTERM, SIGINT). A PACS that
+stable (a study backing off after a failure does not hold it up), then exits; without it the watcher follows until stopped (SIGTERM, SIGINT). A PACS that
 is away is retried with back-off (``pacs.retry``); in follow mode the poll after that tries again.
 """
 
@@ -47,6 +47,7 @@ class Round:
     processed: dict[str, int] = field(default_factory=dict)  # status -> count
     waiting: int = 0          # seen, not yet stable, or another worker's, or changed while retrieved
     failed: int = 0           # released after a failure, tried again later
+    deferred: int = 0         # backing off after an earlier failure (``next_try_at`` not reached)
 
     def add(self, status: str | None) -> None:
         if status is None:
@@ -96,7 +97,9 @@ class Watcher:
                 continue
             generation = self.state.claim(h, fp, self.processor.owner, now)
             if generation is None:
-                r.waiting += 1
+                backing_off = row["next_try_at"] is not None and row["next_try_at"] > now
+                r.deferred += backing_off
+                r.waiting += not backing_off
                 continue
             status = self._analyse(ref.study_uid, h, fp, [s for s in series if s.modality == "CT"], generation)
             if status == "changed":
@@ -134,7 +137,7 @@ class Watcher:
                 self.stop.wait(self.pp.poll_s)
                 continue
             total.studies = r.studies
-            total.waiting, total.failed = r.waiting, total.failed + r.failed
+            total.waiting, total.deferred, total.failed = r.waiting, r.deferred, total.failed + r.failed
             for status, n in r.processed.items():
                 total.processed[status] = total.processed.get(status, 0) + n
             if r.processed or r.failed:

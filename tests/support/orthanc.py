@@ -88,9 +88,14 @@ class Orthanc:
                 time.sleep(0.05)
         raise RuntimeError(f"Orthanc did not answer /system within {timeout_s} s:\n{self.log_path.read_text()[-2000:]}")
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
+        """Stop it (SIGTERM: Orthanc's own shutdown takes about 3 s); ``kill``: at once (SIGKILL, for the end
+        of a test, when the storage is thrown away)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
             self.proc.wait(timeout=30)
         self.proc = None
 
@@ -149,7 +154,7 @@ class Orthanc:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        self.stop(kill=True)
 
 
 # --- the PACS loop's test set-up: a hash key, a tiny model, params, studies -------------------------------

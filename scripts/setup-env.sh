@@ -9,9 +9,22 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
   || { echo "setup-env: Python 3.11 is required, found $("$PY" --version 2>&1)" >&2; exit 1; }
 
-stamp_of() { cat requirements.lock pyproject.toml scripts/setup-env.sh | sha256sum | cut -c1-16; }
+stamp_of() { cat requirements.lock pyproject.toml scripts/setup-env.sh web/package-lock.json scripts/offline_plots.py \
+  | sha256sum | cut -c1-16; }
+
+# The page `dvc plots show` renders into, with vega inside it (it opens offline): from the npm
+# packages pinned in web/package-lock.json. Without npm, DVC's own page (scripts from a CDN) is used.
+offline_plots() {
+  if command -v npm >/dev/null 2>&1; then
+    npm ci --prefix web --no-audit --no-fund --ignore-scripts --silent >&2
+    .venv/bin/python scripts/offline_plots.py
+  else
+    echo "setup-env: npm not found: dvc plots show keeps DVC's page, which loads vega from a CDN" >&2
+  fi
+}
 want=$(stamp_of)
 if [ -f .venv/.covidnet-stamp ] && [ "$(cat .venv/.covidnet-stamp)" = "$want" ]; then
+  [ -f .dvc/plots/offline.html ] || offline_plots
   exit 0
 fi
 echo "setup-env: installing the environment into .venv (a few minutes the first time)" >&2
@@ -21,4 +34,5 @@ echo "setup-env: installing the environment into .venv (a few minutes the first 
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.lock
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 .venv/bin/python -m pip check >&2
+offline_plots
 echo "$want" > .venv/.covidnet-stamp

@@ -59,7 +59,7 @@ def test_dvc_repro_runs_all_stages(repro):
     assert len(idx) == len(split) > 0
     tensor = np.load(proj / "data/preprocessed" / idx.path[0])
     assert tensor.shape == (1, 8, 24, 24) and tensor.dtype == np.float16  # tiny profile's D, C
-    assert (proj / "reports/validation/data_docs/index.html").is_file()
+    assert (proj / "reports/validation/index.html").is_file()
     assert "Synthetic cohort" in (proj / "reports/flow/flow.md").read_text()
     card = json.loads((proj / "models/covidnet/model.json").read_text())
     assert card["config"]["preprocess"]["crop"] == 24 and card["synthetic"] == "true"

@@ -128,7 +128,7 @@ def test_valid_cohort_passes_and_writes_outputs(valid_run):
     for suite in ("patients", "scans", "series"):
         raw = json.loads((out / "gx" / f"{suite}.json").read_text())
         assert raw["success"] is True and raw["results"]
-    assert (out / "data_docs" / "index.html").is_file()
+    assert (out / "index.html").is_file() and "cdn" not in (out / "index.html").read_text().lower()
     assert "validation passed" in report.format()
     assert not list(out.parent.glob(".validation.tmp-*"))
 

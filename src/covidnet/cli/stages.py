@@ -122,7 +122,7 @@ STAGES: dict[str, Stage] = {
     "validate": Stage(
         "Read every DICOM header under paths.dicom (non-DICOM files are listed in skipped.csv), assess and "
         "choose one series per study (series.csv, files.csv), then run Great Expectations suites over the "
-        "manifest and the chosen series. Writes JSON results and GX Data Docs HTML; exits 1 listing every "
+        "manifest and the chosen series. Writes JSON results and a self-contained index.html; exits 1 listing every "
         "failed expectation with the file, column, value and line.",
         (("--dicom", "dicom", "DICOM folder"), ("--manifest", "manifest", "manifest folder"),
          ("--index", "index", "output folder of the header tables"),

@@ -7,8 +7,6 @@ as base64). Plots use matplotlib's object API (no pyplot, no global backend stat
 
 from __future__ import annotations
 
-import base64
-import html
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +14,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from covidnet.pages import Block, to_html, to_markdown
+
 _CLASS_NAMES = {"covid": "COVID-19", "non_covid": "Non-COVID-19"}
 _FIG_NAMES = {"sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV", "npv": "NPV", "f1": "F1"}
-
-Block = tuple[str, Any]
 
 
 class _Notes:
@@ -126,57 +124,6 @@ def build_blocks(metrics: dict[str, Any], images: list[str], tsne_note: str = ""
     for name in images:
         blocks += [("p", captions[name]), ("img", name)]
     return blocks
-
-
-def to_markdown(blocks: list[Block]) -> str:
-    """Markdown with images referenced by file name (they lie beside the report)."""
-    out = []
-    for kind, body in blocks:
-        if kind == "h1":
-            out.append(f"# {body}")
-        elif kind == "h2":
-            out.append(f"## {body}")
-        elif kind == "p":
-            out.append(body)
-        elif kind == "list":
-            out.append("\n".join(f"- {item}" for item in body))
-        elif kind == "table":
-            header, rows = body
-            lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-            lines += ["| " + " | ".join(r) + " |" for r in rows]
-            out.append("\n".join(lines))
-        elif kind == "img":
-            out.append(f"![{body}]({body})")
-    return "\n\n".join(out) + "\n"
-
-
-def to_html(blocks: list[Block], folder: Path) -> str:
-    """Self-contained HTML titled by the first ``h1`` block: images from ``folder`` embedded as data URIs."""
-    e = html.escape
-    title = next((body for kind, body in blocks if kind == "h1"), "covidnet report")
-    out = ["<!DOCTYPE html>", f"<html><head><meta charset='utf-8'><title>{e(title)}</title>",
-           "<style>body{font-family:sans-serif;max-width:70em;margin:auto}table{border-collapse:collapse}"
-           "td,th{border:1px solid #999;padding:2px 8px;text-align:right}img{max-width:40em}</style></head><body>"]
-    for kind, body in blocks:
-        if kind in ("h1", "h2"):
-            out.append(f"<{kind}>{e(body)}</{kind}>")
-        elif kind == "p":
-            text = e(body)
-            while text.count("**") >= 2:
-                text = text.replace("**", "<strong>", 1).replace("**", "</strong>", 1)
-            out.append(f"<p>{text}</p>")
-        elif kind == "list":
-            out.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in body) + "</ul>")
-        elif kind == "table":
-            header, rows = body
-            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
-                       + "</table>")
-        elif kind == "img":
-            data = base64.b64encode((folder / body).read_bytes()).decode("ascii")
-            out.append(f"<img alt='{e(body)}' src='data:image/png;base64,{data}'>")
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
 
 
 # --- plots ---------------------------------------------------------------------------------------

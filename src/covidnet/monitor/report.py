@@ -166,7 +166,7 @@ def _fmt(v: Any, digits: int = 3) -> str:
 
 
 def drift_blocks(report: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The drift report as report blocks (rendered to HTML by :func:`covidnet.evaluate.report.to_html`)."""
+    """The drift report as report blocks (rendered to HTML by :func:`covidnet.pages.to_html`)."""
     w = report["window"]
     p = report["params"]
     blocks: list[tuple[str, Any]] = [("h1", "COVIDNet drift report" + (" (SYNTHETIC data)" if report["synthetic"] else "")),
@@ -201,7 +201,7 @@ def drift_blocks(report: dict[str, Any]) -> list[tuple[str, Any]]:
 def write_report(report: dict[str, Any], blocks: list[tuple[str, Any]], out_dir: Path | str, name: str) -> Path:
     """``<name>.json`` and ``<name>.html`` into ``out_dir``, each written atomically; the JSON path."""
     from covidnet.atomic import write_json, write_text
-    from covidnet.evaluate.report import to_html
+    from covidnet.pages import to_html
 
     out_dir = Path(out_dir)
     write_json(out_dir / f"{name}.json", report)

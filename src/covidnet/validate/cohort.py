@@ -11,14 +11,15 @@ Output folder (written all or nothing)::
     results.json        our summary: per suite, success and each failed expectation with
                         its unexpected values and where they are (CSV line or UIDs)
     gx/<suite>.json     Great Expectations' own validation result
-    data_docs/          Great Expectations' Data Docs site (open index.html)
+    index.html          every expectation of every suite, passed or failed: one self-contained
+                        page that opens offline (:mod:`covidnet.validate.page`; Great
+                        Expectations' Data Docs load their CSS/JS from a CDN, so they are not kept)
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,10 @@ import pandas as pd
 
 from covidnet.atomic import atomic_path
 from covidnet.data.cohort import PATIENT_COLUMNS, PATIENTS_FILE, SCAN_COLUMNS, SCANS_FILE, Manifest
+from covidnet.pages import to_html
 from covidnet.validate.gx import _run_suites
 from covidnet.validate.messages import RESULTS_FILE, Failure, ValidationReport, _summarize
+from covidnet.validate.page import PAGE_FILE, validation_blocks
 from covidnet.validate.suites import ValidateParams, _patients_suite, _scans_suite, _series_suite
 from covidnet.validate.tables import (
     _LINE,
@@ -43,7 +46,6 @@ from covidnet.validate.tables import (
 logger = logging.getLogger(__name__)
 
 GX_DIR = "gx"
-DATA_DOCS_DIR = "data_docs"
 
 
 def validate_cohort(
@@ -53,6 +55,7 @@ def validate_cohort(
     out_dir: Path,
     *,
     known_hospitals: list[str] | None = None,
+    synthetic: bool = False,
 ) -> ValidationReport:
     """Run the ``patients``, ``scans`` and ``series`` suites and write their results.
 
@@ -61,9 +64,10 @@ def validate_cohort(
         series: the header table of :mod:`covidnet.data.dicom`, one row per series; only rows
             whose ``selected`` is true are validated.
         params: the ``validate:`` section of ``params.yaml``.
-        out_dir: folder for ``results.json``, ``gx/<suite>.json`` and ``data_docs/``;
+        out_dir: folder for ``results.json``, ``gx/<suite>.json`` and ``index.html``;
             replaced as a whole, only once everything is written.
         known_hospitals: when given, every ``patients.csv`` hospital must be one of these.
+        synthetic: the cohort is synthetic (the page says so).
 
     Returns:
         The report; failing data does not raise (check ``report.success``).
@@ -89,7 +93,7 @@ def validate_cohort(
     }
     out_dir = Path(out_dir)
     with atomic_path(out_dir, directory=True) as tmp, tempfile.TemporaryDirectory(prefix="covidnet-gx-") as work:
-        raw, site = _run_suites(Path(work), tables, params.max_examples)
+        raw = _run_suites(Path(work), tables, params.max_examples)
         (tmp / GX_DIR).mkdir()
         summary: dict[str, Any] = {"success": True, "params": _params_dict(params), "suites": {}}
         failures: list[Failure] = []
@@ -107,7 +111,7 @@ def validate_cohort(
             }
         summary["counts"] = counts
         _write_results(tmp / RESULTS_FILE, summary)
-        shutil.copytree(site, tmp / DATA_DOCS_DIR)
+        (tmp / PAGE_FILE).write_text(to_html(validation_blocks(summary, raw, failures, synthetic=synthetic), tmp))
     report = ValidationReport(success=bool(summary["success"]), failures=failures, counts=counts)
     logger.info("validation %s: %s", "passed" if report.success else "failed", out_dir)
     return report

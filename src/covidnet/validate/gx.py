@@ -3,8 +3,8 @@
 The import happens inside :func:`_run_suites`, so importing the ``validate`` package (the CLI,
 the KFP components) stays fast; only running the stage pays for GX. Each suite's
 :class:`covidnet.validate.suites.Rule` list becomes a GX expectation suite, checked by a
-checkpoint against its table, in a file-backed context in a scratch folder whose Data Docs site
-the stage copies.
+checkpoint against its table, in a file-backed context in a scratch folder (no Data Docs: the
+stage writes its own page, :mod:`covidnet.validate.page`).
 """
 
 from __future__ import annotations
@@ -39,18 +39,17 @@ def _run_suites(
     work: Path,
     tables: dict[str, tuple[pd.DataFrame, list[Rule], list[str]]],
     max_examples: int,
-) -> tuple[dict[str, dict[str, Any]], Path]:
+) -> dict[str, dict[str, Any]]:
     """Run each suite through a file-backed GX context in ``work``.
 
     Args:
-        work: an empty scratch folder for the GX project (context, stores, Data Docs).
+        work: an empty scratch folder for the GX project (context, stores).
         tables: per suite name, ``(frame, rules, index_columns)``: the table, its rules, and
             the columns that locate an unexpected row in the result.
         max_examples: unexpected values GX lists per failed expectation.
 
     Returns:
-        ``(results, site)``: each suite's validation result as a JSON dict, and the folder of
-        the Data Docs site (its ``index.html``) inside ``work``.
+        Each suite's validation result as a JSON dict.
     """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -85,7 +84,4 @@ def _run_suites(
         (suite_result,) = outcome.run_results.values()
         results[name] = suite_result.to_json_dict()
         logger.info("suite %s: success=%s", name, suite_result.success)
-    context.build_data_docs()
-    sites = context.get_docs_sites_urls()
-    site = Path(sites[0]["site_url"].removeprefix("file://")).parent
-    return results, site
+    return results

@@ -54,5 +54,6 @@ def run_validate(params: dict[str, Any], paths, progress: bool = True) -> Valida
         from covidnet.synthetic.params import SynthParams
 
         known = [h.name for h in section(params, "synth", SynthParams).hospitals]
-    report = validate_cohort(manifest, index.series, vparams, paths.validation, known_hospitals=known)
+    report = validate_cohort(manifest, index.series, vparams, paths.validation, known_hospitals=known,
+                             synthetic=is_synthetic(params))
     return ValidateResult(index, report)

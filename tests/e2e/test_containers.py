@@ -174,7 +174,7 @@ def test_synthetic_pipeline_runs_in_containers(session, tmp_path, monkeypatch, c
     assert (model / "weights.pt").stat().st_uid == 1000 and (model / "model.json").is_file()
     assert outputs["model"].metadata["processes"] == 1
     metrics = outputs["metrics"].metadata
-    assert 0.0 <= metrics["test.test_auc"] <= 1.0
+    assert any("auc" in k and 0.0 <= v <= 1.0 for k, v in metrics.items()), metrics
     assert "SYNTHETIC" in Path(outputs["flow"].path).read_text().upper()
     decision = json.loads(Path(outputs["decision"].path).read_text())
     import mlflow
@@ -318,7 +318,7 @@ def test_server_runs_from_the_image(session, model_dir, tmp_path, capsys):
 
         shape = ModelCard.read(model_dir).input_shape
         x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
-        body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+        body = {"inputs": [{"name": "tensor", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
         status, v2 = _post(f"{base}/v2/models/covidnet/infer", json.dumps(body).encode(), "application/json")
         assert status == 200, v2
         out = {o["name"]: o for o in v2["outputs"]}

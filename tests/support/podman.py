@@ -29,6 +29,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +106,10 @@ def podman_session():
         pytest.skip(f"containers: the image {wanted.cpu} (pipeline.image.cpu) is not built: `bash scripts/images.sh`")
     revision = podman("image", "inspect", "--format", '{{index .Labels "org.opencontainers.image.revision"}}',
                       wanted.cpu).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    if head and not revision.startswith(head):
+        warnings.warn(f"the image {wanted.cpu} was built from {revision or 'an unknown commit'}, the checkout is at "
+                      f"{head}: the container tests run that image (`bash scripts/images.sh cpu` rebuilds it)")
     own = None
     socket = SOCKET
     if not _answers(socket):  # nothing listens: a service of our own, for this session

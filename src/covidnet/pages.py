@@ -66,3 +66,12 @@ def to_html(blocks: list[Block], folder: Path) -> str:
             out.append(f"<img alt='{e(body)}' src='data:image/png;base64,{data}'>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def provenance_blocks(provenance: dict[str, str] | None) -> list[Block]:
+    """A report's last section: what it is about and when it was written (UTC)."""
+    import datetime as dt
+
+    rows = [[k, str(v)] for k, v in (provenance or {}).items() if v]
+    rows.append(["written", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")])
+    return [("h2", "Provenance"), ("table", (["", ""], rows))]

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from covidnet.pages import Block, to_html, to_markdown
+from covidnet.pages import Block, provenance_blocks, to_html, to_markdown
 
 _CLASS_NAMES = {"covid": "COVID-19", "non_covid": "Non-COVID-19"}
 _FIG_NAMES = {"sensitivity": "Sensitivity", "specificity": "Specificity", "ppv": "PPV", "npv": "NPV", "f1": "F1"}
@@ -190,8 +190,10 @@ def plot_tsne(embedding: np.ndarray, labels: np.ndarray, wrong: np.ndarray, path
 
 
 def write_report(folder: Path, metrics: dict[str, Any], roc: pd.DataFrame, curves: dict[str, dict[str, np.ndarray]],
-                 *, embedding: np.ndarray | None, labels: np.ndarray, wrong: np.ndarray, tsne_note: str = "") -> None:
-    """Write the PNG plots, ``report.md`` and ``report.html`` into ``folder``."""
+                 *, embedding: np.ndarray | None, labels: np.ndarray, wrong: np.ndarray, tsne_note: str = "",
+                 provenance: dict[str, str] | None = None) -> None:
+    """Write the PNG plots, ``report.md`` and ``report.html`` into ``folder``; ``provenance``
+    (model version, run, commit...) and the time of writing go at its end."""
     syn = metrics["synthetic"]
     plot_roc(roc, metrics["auc"], folder / "roc.png", syn)
     plot_confusion(metrics["confusion"], metrics["threshold"], folder / "confusion.png", syn)
@@ -200,6 +202,6 @@ def write_report(folder: Path, metrics: dict[str, Any], roc: pd.DataFrame, curve
     if embedding is not None:
         plot_tsne(embedding, labels, wrong, folder / "tsne.png", syn)
         images.append("tsne.png")
-    blocks = build_blocks(metrics, images, tsne_note)
+    blocks = build_blocks(metrics, images, tsne_note) + provenance_blocks(provenance)
     (folder / "report.md").write_text(to_markdown(blocks))
     (folder / "report.html").write_text(to_html(blocks, folder))

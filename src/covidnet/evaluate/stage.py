@@ -61,7 +61,8 @@ def _tsne(features: np.ndarray, perplexity: float, seed: int) -> tuple[np.ndarra
 
 def evaluate_predictions(preds: pd.DataFrame, params: EvaluateParams, out_dir: Path | str, *, synthetic: bool,
                          title: str = "test", features: np.ndarray | None = None,
-                         calibrator: Calibrator | None = None) -> dict[str, Any]:
+                         calibrator: Calibrator | None = None, provenance: dict[str, str] | None = None
+                         ) -> dict[str, Any]:
     """Compute every figure and write the report folder.
 
     Args:
@@ -75,6 +76,9 @@ def evaluate_predictions(preds: pd.DataFrame, params: EvaluateParams, out_dir: P
             order of ``preds``; adds the t-SNE plot (Fig. 2 form).
         calibrator: when given, the calibration of ``calibrator.apply(score)`` is reported
             beside the raw one. Every other figure uses the raw scores.
+        provenance: what the report says it is about (model version, training run, commit,
+            profile); the report also says when it was written. Not in ``metrics.json``, whose
+            content depends on the figures alone.
 
     Returns:
         The ``metrics.json`` content.
@@ -116,7 +120,7 @@ def evaluate_predictions(preds: pd.DataFrame, params: EvaluateParams, out_dir: P
         from covidnet.evaluate import report  # matplotlib: only when a report is written
 
         report.write_report(tmp, metrics, roc, curves, embedding=embedding, labels=y, wrong=wrong,
-                            tsne_note=tsne_note)
+                            tsne_note=tsne_note, provenance=provenance)
         for name in OUTPUT_FILES:
             if (tmp / name).exists():
                 os.replace(tmp / name, out_dir / name)
@@ -187,8 +191,12 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
     from covidnet.data.cohort import LABEL_TO_INT
     from covidnet.model.card import MODEL_ARTIFACT, ModelCard
     from covidnet.model.inference import score, sigmoid
+    from covidnet.tracking import git_commit
 
     model, card = ModelCard.load(model_dir)
+    provenance = {"model": f"{Path(model_dir)} ({card.version(model_dir)})", "training run": run_id or "untracked",
+                  "tensors": card.provenance.get("tensors_version", ""), "profile": card.provenance.get("profile", ""),
+                  "commit": git_commit()}
     preprocessed = Path(preprocessed)
     batch = int(card.config["train"].get("micro_batch_size") or card.config["train"]["batch_size"])
 
@@ -217,7 +225,8 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
             continue
         folder = out_dir / name
         results[name] = evaluate_predictions(preds.drop(columns=["scan_id"]), params, folder, synthetic=synthetic,
-                                             title=name, features=feats, calibrator=calibrator)
+                                             title=name, features=feats, calibrator=calibrator,
+                                             provenance=provenance)
         atomic.write_csv(folder / "predictions.csv", preds)
     atomic.write_json(out_dir / "metrics.json", {name: flat_metrics(m) for name, m in results.items()})
     if headline_path is not None:

@@ -199,13 +199,16 @@ def drift_blocks(report: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def write_report(report: dict[str, Any], blocks: list[tuple[str, Any]], out_dir: Path | str, name: str) -> Path:
-    """``<name>.json`` and ``<name>.html`` into ``out_dir``, each written atomically; the JSON path."""
+    """``<name>.json`` and ``<name>.html`` into ``out_dir``, each written atomically; the JSON path.
+
+    The page ends with its provenance: the code's commit and when it was written."""
     from covidnet.atomic import write_json, write_text
-    from covidnet.pages import to_html
+    from covidnet.pages import provenance_blocks, to_html
+    from covidnet.tracking import git_commit
 
     out_dir = Path(out_dir)
     write_json(out_dir / f"{name}.json", report)
-    write_text(out_dir / f"{name}.html", to_html(blocks, out_dir))
+    write_text(out_dir / f"{name}.html", to_html([*blocks, *provenance_blocks({"commit": git_commit()})], out_dir))
     return out_dir / f"{name}.json"
 
 

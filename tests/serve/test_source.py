@@ -59,11 +59,12 @@ def registry(tmp_path_factory):
         evaluate_model(index, tmp / "pre", paths.model,
                        EvaluateParams(threshold=THRESHOLD, bootstrap=20, seed=0, ci=0.95, calibration_bins=5,
                                       calibrator="temperature", reader_groups={}, tsne_perplexity=2.0),
-                       tmp / "evaluate", tmp / "local-calibrator.json", synthetic=True, sets=("test",))
+                       tmp / "evaluate", tmp / "local-calibrator.json", synthetic=True, sets=("test",),
+                       run_id=run.run_id)
         decision = promote(paths.model, tmp / "evaluate",
                            PromoteParams(test_set="test", min_auc_lower=0.0, min_sensitivity_lower=0.0,
                                          compare_with_champion=False, max_auc_drop=0.05, bootstrap=20, seed=0,
-                                         ci=0.95), mp, provenance=PROVENANCE)
+                                         ci=0.95), mp, provenance=PROVENANCE, run_id=run.run_id)
     assert decision.promoted and decision.aliases == {CHAMPION: "1"}
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["profile"] = "tiny"

@@ -107,8 +107,11 @@ ci() {
   rm -f "$SKIP_FILE"
   t=$SECONDS; why=$(install) || skip "${why:-install failed}"
   say "install: podman $(podman version --format '{{.Client.Version}}') with runc, in $((SECONDS - t)) s"
-  why=$(bash scripts/images.sh base 2>&1 | tee /dev/stderr | tail -1; exit "${PIPESTATUS[0]}") \
-    || skip "the base image could not be made: ${why#images: }"
+  if ! bash scripts/images.sh base 2> "$CACHE/images-base.log"; then
+    cat "$CACHE/images-base.log" >&2
+    why=$(tail -1 "$CACHE/images-base.log"); skip "the base image could not be made: ${why#images: }"
+  fi
+  cat "$CACHE/images-base.log" >&2
   why=$(check) || skip "$why"
   bash scripts/images.sh wheelhouse cpu
   t=$SECONDS; why=$(socket 2>&1) || skip "$why"

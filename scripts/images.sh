@@ -25,6 +25,7 @@ CACHE=${COVIDNET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/covidnet}
 SUITE=bookworm                                  # Debian 12: its python3 is 3.11
 BASE_PACKAGES=python3,python3-venv,git,ca-certificates
 LOCAL_BASE=localhost/covidnet-base:$SUITE
+BASE_TRIM="usr/share/doc/* usr/share/man/* usr/share/info/* usr/share/locale/*"  # as python:3.11-slim: no docs
 TORCH=torch==2.13.0
 TOOLS=(pip==24.3.1 wheel)                        # pip for the image's venv; wheel for building covidnet's wheel
 REPORT="$CACHE/images.json"
@@ -93,7 +94,7 @@ mirror() {
 base() {
   if [ -n "${BASE_IMAGE:-}" ]; then say "base: $BASE_IMAGE (given; not made here)"; return; fi
   local t0=$SECONDS key have tar rootfs how
-  key=$(echo "debootstrap --variant=minbase --include=$BASE_PACKAGES $SUITE" | sha256sum | cut -c1-16)
+  key=$(echo "debootstrap --variant=minbase --include=$BASE_PACKAGES $SUITE; $BASE_TRIM" | sha256sum | cut -c1-16)
   have=$(podman image inspect --format '{{index .Labels "org.covidnet.base.key"}}' "$LOCAL_BASE" 2>/dev/null || true)
   if [ "$have" = "$key" ]; then
     say "base: $LOCAL_BASE (cached)"; record base "{\"seconds\": 0, \"how\": \"cached\"}"; return
@@ -101,6 +102,7 @@ base() {
   command -v debootstrap >/dev/null || die "debootstrap is not installed (bash scripts/containers.sh install)"
   mkdir -p "$CACHE/base"
   tar="$CACHE/base/$SUITE-minbase-$key.tar"
+  find "$CACHE/base" -name "$SUITE-minbase-*.tar" ! -name "${tar##*/}" -delete  # an older recipe's
   if [ -f "$tar" ]; then
     how="imported from $tar"
   else
@@ -111,6 +113,7 @@ base() {
     debootstrap --variant=minbase --include="$BASE_PACKAGES" "$SUITE" "$rootfs" "$url" > "$CACHE/base/debootstrap.log" 2>&1 \
       || { tail -5 "$CACHE/base/debootstrap.log" >&2; rm -rf "$rootfs"; die "debootstrap failed (log: $CACHE/base/debootstrap.log)"; }
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*.log
+    [ -d "$rootfs/usr/share" ] && (cd "$rootfs" && rm -rf $BASE_TRIM)
     tar -C "$rootfs" --numeric-owner -cf "$tar.tmp" . && mv "$tar.tmp" "$tar"
     rm -rf "$rootfs"
     how="debootstrap"
@@ -162,7 +165,8 @@ commit() {
 }
 
 build() {  # build DOCKERFILE NAME BASE KEY
-  local file=$1 name=$2 from=$3 key=$4 t0=$SECONDS wh version offline=()
+  local file=$1 name=$2 from=$3 key=$4 t0=$SECONDS wh version offline=() previous
+  previous=$(podman image inspect --format '{{.Id}}' "$name" 2>/dev/null || true)
   wh=$(wheelhouse_dir)
   [ -f "$wh/.complete" ] || die "no wheelhouse (bash scripts/images.sh wheelhouse)"
   version=$(python3 -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['version'])")
@@ -177,6 +181,8 @@ build() {  # build DOCKERFILE NAME BASE KEY
     || { tail -40 "$CACHE/build-$key.log" >&2; die "$key: podman build failed (whole log: $CACHE/build-$key.log)"; }
   local id size
   id=$(podman image inspect --format '{{.Id}}' "$name")
+  # The image this one replaces, untagged now: removed (its layers shared with the build cache stay).
+  if [ -n "$previous" ] && [ "$previous" != "$id" ]; then podman rmi "$previous" >/dev/null 2>&1 || true; fi
   size=$(podman image inspect --format '{{.Size}}' "$name")
   say "$key: $name ${id:0:12}, $((size / 1000000)) MB, in $((SECONDS - t0)) s (log: $CACHE/build-$key.log)"
   record "$key" "{\"seconds\": $((SECONDS - t0)), \"image\": \"$name\", \"id\": \"$id\", \"mb\": $((size / 1000000))}"

@@ -145,7 +145,8 @@ def main() -> None:
     configured = section(load_params(args.params), "preprocess", PreprocessParams)
     params = PreprocessParams(hu_min=-1024.0, hu_max=1024.0, depth=args.depth, size=args.size, crop=args.crop,
                               dtype="float32", body_hu=-500.0, lung_hu=(-950.0, -400.0), workers=1,
-                              decode_workers=configured.decode_workers, decoders=configured.decoders)
+                              decode_workers=configured.decode_workers, decoders=configured.decoders,
+                              decode_parallel_mpix=configured.decode_parallel_mpix)
     one_process = dataclasses.replace(params, decode_workers=1)
     pydicom_only = dataclasses.replace(params, decode_workers=1, decoders=None)
     sparams = SeriesParams(min_slices=8, max_gap_ratio=1.5, duplicate_tol_mm=0.01, orientation_tol=1e-3,

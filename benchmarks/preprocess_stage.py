@@ -4,14 +4,19 @@ Builds the cohort the default profile's ``dvc repro`` builds, in a temporary fol
 package's own functions (``synth`` -> header index -> exclusions -> split; no Great
 Expectations, which does not change the scans), then runs
 :func:`covidnet.preprocess.stage.preprocess_cohort` (what ``covidnet preprocess`` runs) into a
-fresh folder for each ``--workers`` value (``preprocess.workers``), ``--repeats`` rounds with
-the order rotating, medians reported: scans/s, and the speed-up over one worker.
+fresh folder for each ``--workers`` value (``preprocess.workers``, optionally with
+``:decode_workers``: with one stage worker the scans run in this process, which then decodes a
+compressed series' slices in ``preprocess.decode_workers`` processes; inside the stage's worker
+processes decoding stays in each), ``--repeats`` rounds with the order rotating, medians
+reported: scans/s, and the speed-up over the first value (default ``1:1``, all in one process).
 
 Anchor in the same run: MONAI's chain (``LoadImage(reader="PydicomReader")`` ->
 ``ScaleIntensityRange`` -> ``Resize`` -> ``CenterSpatialCrop``) over the same series, one after
 another (each series' files linked into a folder of their own beforehand, so MONAI reads just
 that series). The stage's tensors (float16, as stored) are compared with MONAI's cast to
-float16: they must be equal.
+float16: they must be equal. Besides wall time, CPU seconds (this process and the stage's
+worker processes once they ended; a decoding pool kept alive is not counted) give a ratio that a
+loaded machine moves much less.
 
 Usage: ``python benchmarks/preprocess_stage.py [--workers 1,2] [--repeats 3] [--profile default]
 [--skip-monai] [--out FILE]``. Prints JSON.
@@ -24,12 +29,20 @@ import dataclasses
 import json
 import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and of its children that have ended (the stage's worker pool)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def build_cohort(params: dict, root: Path) -> tuple:
@@ -56,12 +69,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     ap.add_argument("--profile", default=None, help="profile (default: the file's own, i.e. default)")
-    ap.add_argument("--workers", default="1,2", help="preprocess.workers values to run (default: %(default)s)")
+    ap.add_argument("--workers", default="1:1,1,2",
+                    help="preprocess.workers values to run, each optionally :decode_workers (default: %(default)s; "
+                         "without one, the params' preprocess.decode_workers)")
     ap.add_argument("--repeats", type=int, default=3, help="rounds, medians reported (default: %(default)s)")
     ap.add_argument("--skip-monai", action="store_true", help="leave out the MONAI anchor")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     args = ap.parse_args()
-    worker_counts = [int(w) for w in args.workers.split(",")]
+    specs = args.workers.split(",")
 
     from covidnet.data.pixels import syntax_name
     from covidnet.params import load_params, section
@@ -86,23 +101,29 @@ def main() -> None:
             "matrix": sorted({f"{int(r)}x{int(c)}" for r, c in zip(chosen["rows"], chosen["columns"])}),
             "syntaxes": {(syntax_name(s) or "native"): int(n) for s, n in chosen["transfer_syntax"].value_counts().items()},
         }
-        times: dict[str, list[float]] = {str(w): [] for w in worker_counts}
+        def variant(spec: str) -> PreprocessParams:
+            w, _, d = spec.partition(":")
+            return dataclasses.replace(pre, workers=int(w), decode_workers=int(d) if d else pre.decode_workers)
+
+        times: dict[str, list[float]] = {s: [] for s in specs}
+        cpu: dict[str, list[float]] = {s: [] for s in specs}
         last_dir = None
         for r in range(args.repeats):
-            order = worker_counts[r % len(worker_counts):] + worker_counts[: r % len(worker_counts)]
-            for w in order:
-                dest = root / f"out-{w}-{r}"
-                t0 = time.perf_counter()
-                summary = preprocess_cohort(split, series, files, dicom, dest, dataclasses.replace(pre, workers=w),
-                                            progress=False)
-                times[str(w)].append(time.perf_counter() - t0)
+            for spec in specs[r % len(specs):] + specs[: r % len(specs)]:  # rotating: load changes hit all alike
+                dest = root / f"out-{spec.replace(':', '-')}-{r}"
+                t0, c0 = time.perf_counter(), _cpu_s()
+                summary = preprocess_cohort(split, series, files, dicom, dest, variant(spec), progress=False)
+                times[spec].append(time.perf_counter() - t0)
+                cpu[spec].append(_cpu_s() - c0)
                 assert summary.n_failed == 0 and summary.n_reused == 0, summary
                 last_dir = dest
-        med = {w: statistics.median(v) for w, v in times.items()}
-        base = med[str(worker_counts[0])]
-        out["stage"] = {w: {"seconds_median": round(s, 3), "scans_per_s": round(len(split) / s, 2),
-                            "speedup_over_" + str(worker_counts[0]): round(base / s, 2),
-                            "seconds_all": [round(x, 3) for x in times[w]]} for w, s in med.items()}
+        med = {s: statistics.median(v) for s, v in times.items()}
+        base = med[specs[0]]
+        out["stage"] = {s: {"workers": variant(s).workers, "decode_workers": variant(s).decode_workers,
+                            "seconds_median": round(t, 3), "scans_per_s": round(len(split) / t, 2),
+                            f"speedup_over_{specs[0]}": round(base / t, 2),
+                            "seconds_all": [round(x, 3) for x in times[s]],
+                            "cpu_s_median": round(statistics.median(cpu[s]), 3)} for s, t in med.items()}
 
         if not args.skip_monai:
             from monai.transforms import CenterSpatialCrop, Compose, LoadImage, Resize, ScaleIntensityRange
@@ -122,11 +143,12 @@ def main() -> None:
                 for p in by_series[uid]["path"]:
                     (folder / Path(p).name).symlink_to(dicom / p)
                 links[uid] = folder
-            monai_times, worst = [], 0.0
+            monai_times, monai_cpu, worst = [], [], 0.0
             for r in range(args.repeats):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), _cpu_s()
                 results = {uid: np.asarray(chain(str(folder))) for uid, folder in links.items()}
                 monai_times.append(time.perf_counter() - t0)
+                monai_cpu.append(_cpu_s() - c0)
             for uid, m in results.items():
                 # MONAI: (1, x=col, y=row, slices in InstanceNumber order) -> ours (1, slices by position, row, col)
                 m = m.transpose(0, 3, 2, 1)
@@ -139,8 +161,12 @@ def main() -> None:
             s = statistics.median(monai_times)
             out["monai"] = {"seconds_median": round(s, 3), "scans_per_s": round(len(split) / s, 2),
                             "seconds_all": [round(x, 3) for x in monai_times],
+                            "cpu_s_median": round(statistics.median(monai_cpu), 3),
                             "max_abs_diff_as_stored": worst, "equal_as_stored": worst == 0.0}
-            out["ratios"] = {f"monai_over_stage_workers_{w}": round(s / v, 2) for w, v in med.items()}
+            out["ratios"] = {f"monai_over_stage_{w}": round(s / v, 2) for w, v in med.items()}
+            # in CPU seconds (a loaded machine moves them much less): all-in-one-process work against MONAI's
+            out["ratios"][f"cpu_monai_over_stage_{specs[0]}"] = round(statistics.median(monai_cpu)
+                                                                      / statistics.median(cpu[specs[0]]), 2)
     out["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                       "load_average": [round(x, 2) for x in os.getloadavg()]}
     text = json.dumps(out, indent=2)

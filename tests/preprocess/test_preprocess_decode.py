@@ -89,24 +89,29 @@ def test_parallel_read_error_names_the_file(tmp_path, volume):
 
 
 def _workers_in_child(n: int) -> int:
-    return parallel_workers(n, [{"pixel_offset": -1}] * 8)
+    return parallel_workers(n, [{"pixel_offset": -1}] * 8, (512, 512))
 
 
-def test_decoding_stays_in_the_process_inside_another_pool():
-    assert parallel_workers(2, [{"pixel_offset": -1}] * 8) == 2
-    assert parallel_workers(2, [{"pixel_offset": 100}] * 8) == 1  # native pixel data: read in place
-    assert parallel_workers(4, [{"pixel_offset": -1}] * 3) == 1
-    assert parallel_workers(1, [{"pixel_offset": -1}] * 8) == 1
+def test_decoding_stays_in_the_process_inside_another_pool_or_for_little_work():
+    compressed = [{"pixel_offset": -1}] * 8
+    assert parallel_workers(2, compressed, (512, 512)) == 2
+    assert parallel_workers(2, [{"pixel_offset": 100}] * 8, (512, 512)) == 1  # native pixel data: read in place
+    assert parallel_workers(4, compressed[:3], (512, 512)) == 1
+    assert parallel_workers(1, compressed, (512, 512)) == 1
+    assert parallel_workers(2, compressed, (512, 512), min_mpix=2.0) == 2  # 8 x 0.26 megapixels
+    assert parallel_workers(2, compressed, (128, 128), min_mpix=2.0) == 1
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
         assert pool.submit(_workers_in_child, 2).result() == 1
 
 
 def test_decode_params_do_not_change_the_tensor_key_and_default_to_the_old_behaviour():
     p = preprocess_params()
-    assert p.decode_workers == 1 and p.decoders is None
-    assert dataclasses.replace(p, decode_workers=4, decoders=DECODERS).key == p.key
+    assert p.decode_workers == 1 and p.decoders is None and p.decode_parallel_mpix == 0.0
+    assert dataclasses.replace(p, decode_workers=4, decoders=DECODERS, decode_parallel_mpix=3.0).key == p.key
     with pytest.raises(ValueError, match="decode_workers must be >= 1"):
         preprocess_params(decode_workers=0)
+    with pytest.raises(ValueError, match="decode_parallel_mpix must be >= 0"):
+        preprocess_params(decode_parallel_mpix=-1.0)
     loaded = section(load_params(REPO / "params.yaml"), "preprocess", PreprocessParams)
     assert set(loaded.decoders) == set(SYNTAXES) and loaded.decode_workers >= 1
 

@@ -123,13 +123,16 @@ def shutdown_pools() -> None:
         _drop_pool(n)
 
 
-def parallel_workers(decode_workers: int, recs: Sequence[dict]) -> int:
-    """Processes to decode ``recs`` with: 1 in a worker process of another pool, for native pixel
-    data (read in place, faster than any hand-over) and when there are fewer slices than processes."""
+def parallel_workers(decode_workers: int, recs: Sequence[dict], shape: tuple[int, int], min_mpix: float = 0.0) -> int:
+    """Processes to decode ``recs`` (slices of ``shape``) with: 1 in a worker process of another
+    pool, for native pixel data (read in place, faster than any hand-over), when there are fewer
+    compressed slices than processes or they hold under ``min_mpix`` megapixels."""
     if decode_workers <= 1 or multiprocessing.parent_process() is not None:
         return 1
     compressed = sum(1 for r in recs if int(r["pixel_offset"]) < 0)
-    return decode_workers if compressed >= decode_workers else 1
+    if compressed < decode_workers or compressed * shape[0] * shape[1] < min_mpix * 1e6:
+        return 1
+    return decode_workers
 
 
 def _chunks(n: int, workers: int) -> list[list[int]]:

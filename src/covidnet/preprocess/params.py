@@ -25,6 +25,9 @@ class PreprocessParams:
             included (1: all in this process). Used where one series is preprocessed at a time
             (serving, the benchmarks); inside the cohort stage's worker processes a series is
             decoded in its own process, since the stage already spreads scans over the cores.
+        decode_parallel_mpix: the compressed megapixels (slices x rows x columns / 1e6) a
+            series' needed slices must hold for their decoding to be spread over processes;
+            below it the hand-over costs more than it saves (a few milliseconds per series).
         decoders: per compressed transfer syntax (``rle``, ``jpeg_ls``, ``jpeg2000``,
             ``jpeg_lossless``), the decoders to use in order of preference
             (:data:`covidnet.data.pixels.DECODERS`): the first installed one is used, the next
@@ -33,9 +36,9 @@ class PreprocessParams:
             checked where pixels are read (:func:`covidnet.data.pixels.check_decoders`), which
             keeps this module free of the decoders' imports.
 
-    ``decode_workers`` and ``decoders`` default to the behaviour before they existed (one
-    process, pydicom's choice), so the cards of models trained before still load; params.yaml
-    sets both.
+    ``decode_workers``, ``decode_parallel_mpix`` and ``decoders`` default to the behaviour
+    before they existed (one process, pydicom's choice), so the cards of models trained before
+    still load; params.yaml sets them.
     """
 
     hu_min: float
@@ -48,6 +51,7 @@ class PreprocessParams:
     lung_hu: tuple[float, float]
     workers: int
     decode_workers: int = 1
+    decode_parallel_mpix: float = 0.0
     decoders: dict[str, tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
@@ -62,6 +66,8 @@ class PreprocessParams:
             raise ValueError(f"preprocess.dtype {self.dtype!r} is not one of float16, float32")
         if self.decode_workers < 1:
             raise ValueError(f"preprocess.decode_workers must be >= 1, got {self.decode_workers}")
+        if self.decode_parallel_mpix < 0:
+            raise ValueError(f"preprocess.decode_parallel_mpix must be >= 0, got {self.decode_parallel_mpix}")
 
     @property
     def key(self) -> str:

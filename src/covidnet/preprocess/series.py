@@ -73,7 +73,8 @@ def preprocess_series(files: pd.DataFrame, root: Path | str, params: PreprocessP
     spec = BlockSpec(str(root), (int(h), int(w)), (r0, r1), (c0, c1), params.hu_min, params.hu_max, params.decoders)
     lo = np.array([position[int(i)] for i in d_lo])
     hi = np.array([position[int(i)] for i in d_hi])
-    with decoded_blocks(recs, spec, whole, parallel_workers(params.decode_workers, recs)) as (blocks, qc_by_k):
+    with decoded_blocks(recs, spec, whole, parallel_workers(params.decode_workers, recs, (int(h), int(w)),
+                                                                        params.decode_parallel_mpix)) as (blocks, qc_by_k):
         # 2. Along the slices first (fewer planes to resize in-plane afterwards), then rows, columns.
         vol = np.asarray(_lerp(blocks, lo, hi, d_w, axis=0))  # a copy: blocks may be a memory map
     qc_slices = [qc_by_k[k] for k in sorted(qc_by_k)]

@@ -13,6 +13,7 @@
 # /run/podman/podman.sock, podman's own place for root) or start a service of their own; they read
 # the reason written by `ci` when containers were not possible, and skip saying it.
 set -euo pipefail
+trap 'echo "containers: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 
 CACHE=${COVIDNET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/covidnet}
@@ -104,6 +105,7 @@ skip() {
 
 ci() {
   local t0=$SECONDS t why cpu cuda
+  mkdir -p "$CACHE"
   rm -f "$SKIP_FILE"
   t=$SECONDS; why=$(install) || skip "${why:-install failed}"
   say "install: podman $(podman version --format '{{.Client.Version}}') with runc, in $((SECONDS - t)) s"
@@ -113,8 +115,9 @@ ci() {
   fi
   cat "$CACHE/images-base.log" >&2
   why=$(check) || skip "$why"
+  # From here on a failure fails CI: podman runs here, so a wheelhouse or an image that does not build is a bug.
   bash scripts/images.sh wheelhouse cpu
-  t=$SECONDS; why=$(socket 2>&1) || skip "$why"
+  why=$(socket 2>&1) || skip "$why"
   echo "$why" >&2
   cpu=$(bash scripts/images.sh names | sed -n 1p); cuda=$(bash scripts/images.sh names | sed -n 2p)
   say "ready in $((SECONDS - t0)) s: built $cpu; not built $cuda (no CUDA base image and no GPU here:" \

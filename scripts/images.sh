@@ -19,6 +19,7 @@
 # Images are named by params.yaml (pipeline.image: one place), labelled with the git commit ("-dirty" when a
 # file that goes into the image differs from it). Times of every step are printed and kept in images.json.
 set -euo pipefail
+trap 'echo "images: failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 cd "$(dirname "$0")/.."
 
 CACHE=${COVIDNET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/covidnet}
@@ -27,7 +28,7 @@ BASE_PACKAGES=python3,python3-venv,git,ca-certificates
 LOCAL_BASE=localhost/covidnet-base:$SUITE
 BASE_TRIM="usr/share/doc/* usr/share/man/* usr/share/info/* usr/share/locale/*"  # as python:3.11-slim: no docs
 TORCH=torch==2.13.0
-TOOLS=(pip==24.3.1 wheel)                        # pip for the image's venv; wheel for building covidnet's wheel
+TOOLS=(pip==24.3.1 wheel==0.48.0)               # pip for the image's venv; wheel for building covidnet's wheel
 REPORT="$CACHE/images.json"
 mkdir -p "$CACHE"
 
@@ -132,6 +133,14 @@ wheelhouse_dir() {
   echo "$CACHE/wheelhouse/$key"
 }
 
+# pip, without the warnings about this machine's on-disk indexes that lack a package (pip's config names them).
+pip_quiet() {
+  local status
+  "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" >&2 || true; }
+  status=${PIPESTATUS[0]}
+  return "$status"
+}
+
 wheelhouse() {
   local t0=$SECONDS dir tmp bin
   dir=$(wheelhouse_dir)
@@ -143,14 +152,15 @@ wheelhouse() {
   rm -rf "$tmp"; mkdir -p "$tmp"
   say "wheelhouse: $TORCH, requirements.lock and ${TOOLS[*]} into $dir (a few minutes the first time)"
   # --no-deps: the lock is complete, so every wheel is exactly its pin; torch's own dependencies are in the lock.
-  "$bin/pip" wheel -q --no-deps --wheel-dir "$tmp" "$TORCH" "${TOOLS[@]}"
-  "$bin/pip" wheel -q --no-deps --wheel-dir "$tmp" -r requirements.lock
+  pip_quiet "$bin/pip" wheel -q --no-deps --wheel-dir "$tmp" "$TORCH" "${TOOLS[@]}"
+  pip_quiet "$bin/pip" wheel -q --no-deps --wheel-dir "$tmp" -r requirements.lock
   ls "$tmp"/torch-2.13.0+cpu-*.whl >/dev/null 2>&1 || die "the wheelhouse's torch is not the CPU wheel: $(ls "$tmp"/torch-*)"
   # Everything resolves from the wheelhouse alone, as it will inside the build.
-  "$bin/pip" install -q --dry-run --ignore-installed --no-index --find-links "$tmp" "$TORCH" -r requirements.lock \
-    || die "the wheelhouse is incomplete (above)"
+  pip_quiet "$bin/pip" install -q --dry-run --ignore-installed --no-index --find-links "$tmp" "$TORCH" \
+    -r requirements.lock || die "the wheelhouse is incomplete (above)"
   touch "$tmp/.complete"
   rm -rf "$dir"; mv "$tmp" "$dir"
+  find "$CACHE/wheelhouse" -mindepth 1 -maxdepth 1 ! -name "${dir##*/}" -exec rm -rf {} +  # another lock's
   say "wheelhouse: $dir ($(ls "$dir" | wc -l) wheels, $(du -sh "$dir" | cut -f1)) in $((SECONDS - t0)) s"
   record wheelhouse "{\"seconds\": $((SECONDS - t0)), \"how\": \"pip wheel\", \"mb\": $(du -sm "$dir" | cut -f1)}"
 }

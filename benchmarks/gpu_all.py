@@ -86,7 +86,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -321,7 +321,7 @@ def section_infer(ctx: dict) -> dict:
                 t["max_abs_prob_diff"] = round(float((torch.sigmoid(y) - torch.sigmoid(reference[b])).abs().max()), 5)
                 t["agrees"] = t["max_abs_prob_diff"] <= PROB_TOL
                 out[f"batch{b}"] = t
-            del fwd
+            fwd = None  # its copy of the network and CUDA graphs go before the next variant
         except Exception as exc:  # noqa: BLE001 - recorded; the next variant runs
             out = _error(exc)
         out["variant_s"] = round(time.perf_counter() - t0, 1)
@@ -420,9 +420,7 @@ def _bare_step(model_params, shape, batch, device, *, channels_last: bool, bench
     t["volumes_per_s"] = round(batch / t["median_s"], 2)
     t["peak_gib"] = _peak_gib(device)
     t.update(channels_last=channels_last, cudnn_benchmark=bench and device.type == "cuda", batch=batch)
-    del model, opt, x
-    _free(device)
-    return t
+    return t  # the network and optimiser go with this frame; the caller frees the cache
 
 
 class _EpochTimes(logging.Handler):
@@ -594,6 +592,7 @@ def section_train(ctx: dict) -> dict:
                 res[label] = _bare_step(mp, shape, batch, device, channels_last=cl, bench=bench, iters=iters)
             except Exception as exc:  # noqa: BLE001
                 res[label] = _error(exc)
+            _free(device)
         torch.backends.cudnn.benchmark = False  # as train.py leaves it
         handler = _EpochTimes()
         loop_log = logging.getLogger("covidnet.train.loop")
@@ -869,7 +868,7 @@ def _goals(sections: dict[str, Any]) -> dict[str, Any]:
             node = node.get(k) if isinstance(node, dict) else None
         return node
 
-    infer, monai = sections.get("infer", {}), sections.get("monai", {})
+    infer = sections.get("infer", {})
     best = infer.get("best", {}) if isinstance(infer, dict) else {}
     b_big = next((k for k in best if k != "batch1"), None)
     ms8 = best.get(b_big, {}).get("ms_per_volume") if b_big else None

@@ -1,7 +1,8 @@
 """Reports as a list of blocks, rendered as Markdown and as self-contained HTML.
 
 A block is ``(kind, body)``: ``("h1", text)``, ``("h2", text)``, ``("p", text)`` (``**bold**``
-allowed), ``("list", [items])``, ``("table", (header, rows))`` or ``("img", file name)``. The
+allowed), ``("list", [items])``, ``("table", (header, rows))``, ``("img", file name)`` or
+``("link", (text, relative URL))``. The
 HTML embeds images as data URIs and loads nothing from elsewhere, so a page opens offline
 (a hospital network is often air-gapped); every page of the project (evaluation, validation,
 drift, performance) is rendered here.
@@ -36,6 +37,8 @@ def to_markdown(blocks: list[Block]) -> str:
             out.append("\n".join(lines))
         elif kind == "img":
             out.append(f"![{body}]({body})")
+        elif kind == "link":
+            out.append(f"[{body[0]}]({body[1]})")
     return "\n\n".join(out) + "\n"
 
 
@@ -61,6 +64,8 @@ def to_html(blocks: list[Block], folder: Path) -> str:
             out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"
                        + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
                        + "</table>")
+        elif kind == "link":
+            out.append(f"<p><a href='{e(body[1])}'>{e(body[0])}</a></p>")
         elif kind == "img":
             data = base64.b64encode((folder / body).read_bytes()).decode("ascii")
             out.append(f"<img alt='{e(body)}' src='data:image/png;base64,{data}'>")

@@ -32,6 +32,11 @@ SCANS_FILE = "scans.csv"
 PATIENT_COLUMNS = ("patient_id", "hospital", "label", "pathogen", "pcr_positive_date", "sex", "age")
 SCAN_COLUMNS = ("patient_id", "study_uid", "series_uid", "scan_date", "motion_artifact")
 LABELS = ("covid", "non_covid")
+#: Ground truth a SYNTHETIC cohort's manifest folder also holds (real cohorts have none): the
+#: finding pattern drawn for each scan, and each axial series' lungs and planted lesions in the
+#: model's tensor grid (``lesions/<SeriesInstanceUID>.npy``, uint8: 0 outside, 1 lung, 2 lesion).
+FINDINGS_FILE = "findings.csv"
+LESIONS_DIR = "lesions"
 #: Integer class used by the model: 1 = COVID-19, 0 = other pneumonia.
 LABEL_TO_INT = {"covid": 1, "non_covid": 0}
 

@@ -53,6 +53,27 @@ def _summary_cell(summary: dict[str, Any]) -> str:
     return f"{summary['median']:.2f} ({summary['iqr'][0]:.2f}–{summary['iqr'][1]:.2f}), n = {summary['n']}"
 
 
+def saliency_blocks(s: dict[str, Any], image: str | None) -> list[Block]:
+    """The explanations' section: how much of the maps falls in the planted lesions, against chance."""
+    method = s["method"] + (f" on {s['layer']}" if s.get("layer") else "")
+    blocks: list[Block] = [("h2", "Explanations (saliency maps)")]
+    if "enrichment" not in s:
+        return blocks + [("p", f"Method: {method}. {s.get('reason', '')}")]
+
+    def pct(fig: dict[str, Any]) -> str:
+        ci = f" ({100 * fig['ci'][0]:.1f}-{100 * fig['ci'][1]:.1f})" if fig.get("ci") else ""
+        return f"{100 * fig['value']:.1f}%{ci}"
+
+    e = s["enrichment"]
+    ci = f" (95% CI {e['ci'][0]:.2f}-{e['ci'][1]:.2f})" if e.get("ci") else ""
+    blocks.append(("p", f"Method: {method}. On {s['n_checked']} true positives, {pct(s['share'])} of the maps' mass "
+                        f"in the lungs falls in the planted lesions, against {pct(s['chance'])} for a map spread "
+                        f"evenly over the lungs: **{e['value']:.2f}x chance{ci}**."))
+    if image:
+        blocks.append(("img", image))
+    return blocks
+
+
 def build_blocks(metrics: dict[str, Any], images: list[str], tsne_note: str = "") -> list[Block]:
     """The report's content; ``images`` are the PNG file names written beside it."""
     m, notes = metrics, _Notes()
@@ -191,7 +212,7 @@ def plot_tsne(embedding: np.ndarray, labels: np.ndarray, wrong: np.ndarray, path
 
 def write_report(folder: Path, metrics: dict[str, Any], roc: pd.DataFrame, curves: dict[str, dict[str, np.ndarray]],
                  *, embedding: np.ndarray | None, labels: np.ndarray, wrong: np.ndarray, tsne_note: str = "",
-                 provenance: dict[str, str] | None = None) -> None:
+                 provenance: dict[str, str] | None = None, links: dict[str, str] | None = None) -> None:
     """Write the PNG plots, ``report.md`` and ``report.html`` into ``folder``; ``provenance``
     (model version, run, commit...) and the time of writing go at its end."""
     syn = metrics["synthetic"]
@@ -202,6 +223,16 @@ def write_report(folder: Path, metrics: dict[str, Any], roc: pd.DataFrame, curve
     if embedding is not None:
         plot_tsne(embedding, labels, wrong, folder / "tsne.png", syn)
         images.append("tsne.png")
-    blocks = build_blocks(metrics, images, tsne_note) + provenance_blocks(provenance)
+    blocks = build_blocks(metrics, images, tsne_note)
+    if "phantom_ceiling" in metrics:
+        c = metrics["phantom_ceiling"]["auc"]
+        ci = f" (95% CI {c['ci'][0]:.3f}-{c['ci'][1]:.3f})" if c.get("ci") else ""
+        blocks.append(("p", f"**Phantom ceiling**: the planted finding patterns themselves reach AUC {c['value']:.3f}{ci} "
+                            "on this set (a reader who knew each synthetic scan's pattern); read the model's AUC "
+                            "against it."))
+    if "saliency" in metrics:
+        blocks += saliency_blocks(metrics["saliency"], "saliency.png" if (folder / "saliency.png").is_file() else None)
+    blocks += [("link", (text, href)) for text, href in (links or {}).items()]
+    blocks += provenance_blocks(provenance)
     (folder / "report.md").write_text(to_markdown(blocks))
     (folder / "report.html").write_text(to_html(blocks, folder))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from covidnet import atomic
+from covidnet.evaluate.ceiling import phantom_ceiling
 from covidnet.evaluate.figures import compute_metrics, flat_metrics, headline
 from covidnet.evaluate.metrics import (
     Calibrator,
@@ -39,7 +41,7 @@ from covidnet.evaluate.predictions import read_predictions, validate_predictions
 log = logging.getLogger(__name__)
 
 OUTPUT_FILES = ("metrics.json", "roc.csv", "reliability.csv", "report.md", "report.html", "roc.png",
-                "confusion.png", "reliability.png", "tsne.png")
+                "confusion.png", "reliability.png", "tsne.png", "saliency.png")
 
 
 # --- the stage -----------------------------------------------------------------------------------
@@ -61,7 +63,9 @@ def _tsne(features: np.ndarray, perplexity: float, seed: int) -> tuple[np.ndarra
 
 def evaluate_predictions(preds: pd.DataFrame, params: EvaluateParams, out_dir: Path | str, *, synthetic: bool,
                          title: str = "test", features: np.ndarray | None = None,
-                         calibrator: Calibrator | None = None, provenance: dict[str, str] | None = None
+                         calibrator: Calibrator | None = None, provenance: dict[str, str] | None = None,
+                         saliency: dict[str, Any] | None = None, saliency_figure: Path | None = None,
+                         links: dict[str, str] | None = None, ceiling: dict[str, Any] | None = None
                          ) -> dict[str, Any]:
     """Compute every figure and write the report folder.
 
@@ -79,6 +83,11 @@ def evaluate_predictions(preds: pd.DataFrame, params: EvaluateParams, out_dir: P
         provenance: what the report says it is about (model version, training run, commit,
             profile); the report also says when it was written. Not in ``metrics.json``, whose
             content depends on the figures alone.
+        saliency: the lesion check of the set's explanations
+            (:func:`covidnet.evaluate.saliency.set_saliency`), into ``metrics.json`` and the report.
+        saliency_figure: its top true positives (a PNG), shown in the report.
+        links: ``{text: relative URL}`` the report links to (the cohort's flow diagram).
+        ceiling: the phantom's own AUC on the set (:func:`covidnet.evaluate.ceiling.phantom_ceiling`).
 
     Returns:
         The ``metrics.json`` content.
@@ -90,6 +99,10 @@ def evaluate_predictions(preds: pd.DataFrame, params: EvaluateParams, out_dir: P
         raise ValueError(f"features must be (N, C) with N = {len(preds)} rows of the predictions, got "
                          f"{features.shape}")
     metrics = {"title": title, "synthetic": bool(synthetic), **compute_metrics(preds, params)}
+    if saliency is not None:
+        metrics["saliency"] = saliency
+    if ceiling is not None:
+        metrics["phantom_ceiling"] = ceiling
     y, s = preds["label"].to_numpy(), preds["score"].to_numpy()
     curves = {"raw": reliability_curve(s, y, params.calibration_bins)}
     if calibrator is not None:
@@ -119,8 +132,10 @@ def evaluate_predictions(preds: pd.DataFrame, params: EvaluateParams, out_dir: P
             [pd.DataFrame({"scores": k, **v}) for k, v in curves.items()], ignore_index=True))
         from covidnet.evaluate import report  # matplotlib: only when a report is written
 
+        if saliency_figure is not None:
+            shutil.copyfile(saliency_figure, tmp / "saliency.png")
         report.write_report(tmp, metrics, roc, curves, embedding=embedding, labels=y, wrong=wrong,
-                            tsne_note=tsne_note, provenance=provenance)
+                            tsne_note=tsne_note, provenance=provenance, links=links)
         for name in OUTPUT_FILES:
             if (tmp / name).exists():
                 os.replace(tmp / name, out_dir / name)
@@ -158,10 +173,30 @@ def log_to_mlflow(metrics: dict[str, Any], out_dir: Path | str) -> None:
 
 # --- the trained model ----------------------------------------------------------------------------
 
+def _explain_set(model, preds: pd.DataFrame, paths: dict[str, str], preprocessed: Path, lesions_dir: Path | None,
+                 explain, params: EvaluateParams, folder: Path, scratch: Path, synthetic: bool
+                 ) -> tuple[dict[str, Any], Path | None]:
+    """A set's maps (written to ``folder/saliency.npz``), their lesion check and the top-k figure (in ``scratch``)."""
+    from covidnet.evaluate.saliency import MAPS_FILE, plot_top, set_saliency, write_maps
+
+    def load(scan_id: str) -> np.ndarray:
+        return np.load(preprocessed / paths[scan_id]).astype(np.float32)
+
+    summary, maps = set_saliency(model, load, preds, lesions_dir, explain, threshold=params.threshold,
+                                 reps=params.bootstrap, seed=params.seed, level=params.ci)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_maps(folder / MAPS_FILE, maps)
+    figure = plot_top(scratch, load, maps, preds, lesions_dir, threshold=params.threshold, top_k=explain.top_k,
+                      slices=explain.figure_slices, synthetic=synthetic)
+    return summary, figure
+
+
 def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Path | str, params: EvaluateParams,
                    out_dir: Path | str, calibrator_path: Path | str, *, synthetic: bool,
                    sets: tuple[str, ...] = ("test", "external"), run_id: str | None = None,
-                   headline_path: Path | str | None = None) -> dict[str, dict[str, Any]]:
+                   headline_path: Path | str | None = None, explain=None, lesions_dir: Path | None = None,
+                   findings_csv: Path | None = None, links: dict[str, str] | None = None
+                   ) -> dict[str, dict[str, Any]]:
     """The ``evaluate`` stage for a trained model: score each test set and report it.
 
     Args:
@@ -182,6 +217,13 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
             (an untracked model: nothing is logged).
         headline_path: where the headline figures of every set go (``{set: {auc, auc_lo, sens,
             spec}}``, the ``dvc metrics`` file); ``out_dir/metrics.json`` has every figure.
+        explain: :class:`covidnet.model.explain.ExplainParams`: a saliency map of every scan of
+            each set (``<set>/saliency.npz``), checked against ``lesions_dir``'s planted lesions
+            (:mod:`covidnet.evaluate.saliency`); None: no maps.
+        lesions_dir: the synthetic cohort's ground truth in the tensor grid, or None.
+        findings_csv: its planted patterns per scan (the phantom's own AUC on each set,
+            :mod:`covidnet.evaluate.ceiling`), or None.
+        links: ``{text: URL relative to out_dir}`` each set's report links to.
 
     Returns:
         ``{set: metrics}`` for each set that has patients.
@@ -200,6 +242,10 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
     preprocessed = Path(preprocessed)
     batch = int(card.config["train"].get("micro_batch_size") or card.config["train"]["batch_size"])
 
+    def rows_path(split: str) -> dict[str, str]:
+        rows = index[index["split"] == split]
+        return dict(zip(rows["scan_id"], rows["path"]))
+
     def scored(split: str) -> tuple[pd.DataFrame, np.ndarray]:
         rows = index[index["split"] == split].reset_index(drop=True)
         tensors = (torch.from_numpy(np.stack([np.load(preprocessed / p).astype(np.float32)
@@ -207,7 +253,8 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
                    for s in range(0, len(rows), batch))
         logits, feats = score(model, tensors, with_features=True) if len(rows) else (np.zeros(0), np.zeros((0, 1)))
         preds = pd.DataFrame({"patient_id": rows["patient_id"], "label": rows["label"].map(LABEL_TO_INT),
-                              "score": sigmoid(logits), "hospital": rows["hospital"], "scan_id": rows["scan_id"]})
+                              "score": sigmoid(logits), "hospital": rows["hospital"], "scan_id": rows["scan_id"],
+                              "series_uid": rows["series_uid"]})
         return preds, feats
 
     calibrator = None
@@ -224,9 +271,17 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
             log.warning("evaluate: the %s split is empty; no report for it", name)
             continue
         folder = out_dir / name
-        results[name] = evaluate_predictions(preds.drop(columns=["scan_id"]), params, folder, synthetic=synthetic,
-                                             title=name, features=feats, calibrator=calibrator,
-                                             provenance=provenance)
+        set_links = {text: os.path.relpath(out_dir / href, folder) for text, href in (links or {}).items()}
+        with tempfile.TemporaryDirectory(prefix="covidnet-saliency-") as tmp:
+            summary, figure_path = None, None
+            if explain is not None:
+                summary, figure_path = _explain_set(model, preds, rows_path(name), preprocessed, lesions_dir, explain,
+                                                    params, folder, Path(tmp), synthetic)
+            ceiling = phantom_ceiling(preds, findings_csv, reps=params.bootstrap, seed=params.seed, level=params.ci)
+            results[name] = evaluate_predictions(preds.drop(columns=["scan_id", "series_uid"]), params, folder,
+                                                 synthetic=synthetic, title=name, features=feats,
+                                                 calibrator=calibrator, provenance=provenance, saliency=summary,
+                                                 saliency_figure=figure_path, links=set_links, ceiling=ceiling)
         atomic.write_csv(folder / "predictions.csv", preds)
     atomic.write_json(out_dir / "metrics.json", {name: flat_metrics(m) for name, m in results.items()})
     if headline_path is not None:
@@ -280,14 +335,23 @@ def run_evaluate(params: dict[str, Any], paths, predictions: Path | None = None,
         out = out or paths.evaluation / "predictions"
         return EvaluateResult({"predictions": evaluate_predictions(read_predictions(predictions), eparams, out,
                                                                    synthetic=synthetic, title="predictions")})
+    from covidnet.data.cohort import FINDINGS_FILE, LESIONS_DIR
     from covidnet.model.card import ModelCard
+    from covidnet.model.explain import ExplainParams
     from covidnet.tracking import configure, mlflow_params, run_of
 
     index = pd.read_csv(paths.preprocessed / "index.csv", dtype=str, keep_default_na=False)
+    out = out or paths.evaluation
+    lesions, findings = paths.manifest / LESIONS_DIR, paths.manifest / FINDINGS_FILE
+    flow = paths.flow / "flow.md"
     if run_id is None and ModelCard.is_folder(paths.model):
         run_id = run_of(paths.train_report, ModelCard.digest(paths.model))
     if run_id:  # the figures go into the run that trained the model; an untracked model touches no store
         configure(mlflow_params(params))
-    return EvaluateResult(evaluate_model(index, paths.preprocessed, paths.model, eparams, out or paths.evaluation,
-                                         paths.calibrator, synthetic=synthetic, run_id=run_id,
-                                         headline_path=paths.headline))
+    return EvaluateResult(evaluate_model(index, paths.preprocessed, paths.model, eparams, out, paths.calibrator,
+                                         synthetic=synthetic, run_id=run_id, headline_path=paths.headline,
+                                         explain=section(params, "explain", ExplainParams),
+                                         lesions_dir=lesions if lesions.is_dir() else None,
+                                         findings_csv=findings if findings.is_file() else None,
+                                         links={"The cohort's flow diagram (the paper's Fig. 1)":
+                                                os.path.relpath(flow, out)} if flow.is_file() else None))

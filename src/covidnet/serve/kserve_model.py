@@ -22,12 +22,14 @@ from kserve import InferOutput, InferResponse
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import RequestedOutput
 
+from covidnet.model.explain import ExplainParams, saliency
 from covidnet.model.inference import score
 from covidnet.monitor.serving import FEEDBACK_ROUTE, ServingMonitor, feedback_endpoint, request_hospital
 from covidnet.pacs.worklist import WORKLIST_ROUTE, worklist_endpoint
 from covidnet.params import load_params, section
 from covidnet.serve.answer import results
 from covidnet.serve.bundle import load_bundle
+from covidnet.serve.explain import encode_map, montage_png, request_explain
 from covidnet.serve.http import BodyLimit
 from covidnet.serve.oip import OipRequest, from_infer_request, model_metadata
 from covidnet.serve.params import ServeParams
@@ -57,6 +59,7 @@ class COVIDNetModel(kserve.Model):
         self.monitor = ServingMonitor.open(self.params, self.bundle)  # log unreachable: raises, never ready
         self.version = str(self.bundle.model["version"])
         self.metadata = model_metadata(self.name, self.version, self.bundle.shape)
+        self.explain = section(self.params, "explain", ExplainParams)
         score(self.bundle.net, [torch.zeros((1, *self.bundle.shape))], self.bundle.device)  # warm-up
         self.ready = True
         return self.ready
@@ -89,18 +92,29 @@ class COVIDNetModel(kserve.Model):
             payload = from_infer_request(payload)  # KServe's InferRequest: gRPC (raw or typed contents)
         rid = self.request_id(headers, payload)
         try:
+            explain = request_explain(payload)
             studies = await asyncio.to_thread(request_studies, payload, self.bundle, (headers or {}).get("content-type"))
         except ServeInputError as exc:
             raise self.refuse(exc, rid, getattr(payload, "encoding", None) == "grpc") from None
         return {"x": np.stack([s.tensor for s in studies]), "info": [s.info for s in studies], "id": rid,
-                "oip": payload if isinstance(payload, OipRequest) else None, "hospital": request_hospital(payload)}
+                "oip": payload if isinstance(payload, OipRequest) else None, "hospital": request_hospital(payload),
+                "explain": explain}
 
     async def predict(self, payload: dict, headers=None) -> dict:
-        logits, _ = await asyncio.to_thread(score, self.bundle.net, [torch.from_numpy(payload["x"])], self.bundle.device)
-        return {**payload, "logits": logits}
+        x = torch.from_numpy(payload["x"])
+        logits, _ = await asyncio.to_thread(score, self.bundle.net, [x], self.bundle.device)
+        maps = None
+        if payload["explain"]:
+            maps = await asyncio.to_thread(saliency, self.bundle.net, x.to(self.bundle.device), self.explain)
+        return {**payload, "logits": logits, "maps": maps}
 
     async def postprocess(self, result: dict, headers=None, response_headers=None):
         out = results(result["logits"], self.bundle, result["info"])  # the per-study answers
+        if result["maps"] is not None:
+            for r, x, m in zip(out, result["x"], result["maps"]):
+                r["saliency"] = encode_map(m, self.explain.method)
+                if result["explain"] == "png":
+                    r["saliency_png"] = montage_png(x, m, self.explain.figure_slices)
         # Logged (committed) and counted before the answer leaves; a failed write fails the request.
         await asyncio.to_thread(self.monitor.record, out, result["info"], result["id"], result["hospital"])
         key = self.monitor.log.key

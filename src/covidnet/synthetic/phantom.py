@@ -38,6 +38,11 @@ from covidnet.synthetic.anatomy import (
 
 _SLAB_VOXELS = 1 << 21  # voxels drawn at once (keeps temporaries in cache)
 
+#: The ground-truth label of a voxel (:func:`draw_chest` with ``labels=True``): outside the lungs,
+#: aerated lung, a lesion (a finding occupying at least :data:`LESION_OCCUPANCY` of the voxel).
+OUTSIDE, LUNG, LESION = 0, 1, 2
+LESION_OCCUPANCY = 0.5
+
 
 def _axis(n: int, step: float) -> np.ndarray:
     return ((np.arange(n, dtype=np.float32) - (n - 1) / 2.0) * np.float32(step)).astype(np.float32)
@@ -105,8 +110,14 @@ def _draw_slab(
     base: np.ndarray,
     masks: dict[str, np.ndarray],
     contrast: bool,
+    labels: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Draw slices at depths ``u`` (any order) on the in-plane grid: ``(len(u), H, W)`` HU."""
+    """Draw slices at depths ``u`` (any order) on the in-plane grid: ``(len(u), H, W)`` HU.
+
+    With ``labels`` (a ``(len(u), H, W)`` uint8 array), also write the ground truth there:
+    :data:`OUTSIDE` outside the lungs, :data:`LUNG` for lung, :data:`LESION` where a finding
+    occupies at least half of a lung voxel (:data:`LESION_OCCUPANCY`).
+    """
     d = len(u)
     vol = np.broadcast_to(base, (d, *base.shape)).copy()
     uu = u[:, None, None]
@@ -138,6 +149,7 @@ def _draw_slab(
     vol[disc] = 80.0
     vol[heart & ~ribs] = BLOOD_CONTRAST_HU if contrast else SOFT_HU
 
+    lesion = np.zeros(vol.shape, bool) if labels is not None else None
     if lung.any():
         origin = anatomy.lattice_origin
         texture = _sample(anatomy.texture, LATTICE_COARSE_MM, origin, u, y, x)
@@ -152,10 +164,14 @@ def _draw_slab(
             if f.kind == "diffuse":
                 occ = np.clip(0.55 * f.extent + 0.45 * patches, 0.0, 1.0)
                 parenchyma = parenchyma + occ * np.maximum(f.hu - parenchyma, 0.0)
+                if lesion is not None:
+                    lesion |= occ >= LESION_OCCUPANCY
         if blobs:
             occ = _rasterize_blobs(blobs, u, y, x, patches)
             for hu, o in occ:
                 parenchyma = parenchyma + o * np.maximum(hu - parenchyma, 0.0)
+                if lesion is not None:
+                    lesion |= o >= LESION_OCCUPANCY
         vessel_hu = BLOOD_CONTRAST_HU if contrast else SOFT_HU
         parenchyma = parenchyma * (1.0 - vessels) + vessel_hu * vessels
         for f in findings:
@@ -166,6 +182,8 @@ def _draw_slab(
                 lobe = (uu > fissure) if f.lobe == "lower" else (uu <= fissure)
                 region = lobe & (np.sign(xx) == f.side)
                 occ = np.clip(f.extent + 0.3 * patches, 0.0, 1.0) * region
+                if lesion is not None:
+                    lesion |= occ >= LESION_OCCUPANCY
                 consolidated = f.hu + 8.0 * patches
                 air_bronchogram = -900.0 * vessels + consolidated * (1.0 - vessels)
                 parenchyma = parenchyma * (1.0 - occ) + air_bronchogram * occ
@@ -175,7 +193,11 @@ def _draw_slab(
                 taper = np.clip((uu - 0.45 * anatomy.chest_mm) / (0.45 * anatomy.chest_mm), 0.0, 1.0)
                 fluid = (yy > back - f.extent * taper) & (np.sign(xx) == f.side) & (taper > 0)
                 parenchyma = np.where(fluid, f.hu, parenchyma)
+                if lesion is not None:
+                    lesion |= fluid
         vol = np.where(lung, parenchyma, vol)
+    if labels is not None:
+        labels[...] = np.where(lung, np.where(lesion, LESION, LUNG), OUTSIDE)
     return vol.astype(np.float32, copy=False)
 
 
@@ -276,7 +298,8 @@ def draw_chest(
     motion_mm: float = 0.0,
     noise_hu: float = 0.0,
     rng: np.random.Generator | None = None,
-) -> np.ndarray:
+    labels: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Draw one axial chest CT.
 
     Args:
@@ -290,9 +313,12 @@ def draw_chest(
             along z, half of them are doubled (two breathing phases averaged) and streaked.
         noise_hu: standard deviation of Gaussian noise (HU).
         rng: stream for noise and motion (required when either is used).
+        labels: also return the ground truth of each voxel (:data:`OUTSIDE`, :data:`LUNG`,
+            :data:`LESION`), drawn with the volume (a motion ghost does not move it).
 
     Returns:
-        ``(D, H, W)`` float32 HU, whole numbers clipped to [-1024, 3071].
+        ``(D, H, W)`` float32 HU, whole numbers clipped to [-1024, 3071]; with ``labels``,
+        ``(volume, labels)``, labels ``(D, H, W)`` uint8.
     """
     d, h, w = shape
     dz, dy, dx = spacing_mm
@@ -309,10 +335,12 @@ def draw_chest(
         ghost = rng.random(d) < 0.5
         ghost_u = u + np.float32(motion_mm) * rng.choice([-1.0, 1.0], d).astype(np.float32)
     vol = np.empty(shape, np.float32)
+    truth = np.zeros(shape, np.uint8) if labels else None
     slab = max(1, _SLAB_VOXELS // (h * w))
     for start in range(0, d, slab):
         stop = min(d, start + slab)
-        vol[start:stop] = _draw_slab(anatomy, findings, u[start:stop], y, x, base, masks, contrast)
+        vol[start:stop] = _draw_slab(anatomy, findings, u[start:stop], y, x, base, masks, contrast,
+                                     None if truth is None else truth[start:stop])
     if motion_mm > 0:
         assert rng is not None
         idx = np.nonzero(ghost)[0]
@@ -327,7 +355,7 @@ def draw_chest(
         vol += rng.standard_normal(shape, dtype=np.float32) * np.float32(noise_hu)
     np.rint(vol, out=vol)
     np.clip(vol, HU_MIN, HU_MAX, out=vol)
-    return vol
+    return vol if truth is None else (vol, truth)
 
 
 def draw_projection(anatomy: Anatomy, findings: Sequence[Finding], *, size: tuple[int, int], spacing_mm: tuple[float, float], axis: str = "coronal") -> np.ndarray:

@@ -35,12 +35,12 @@ import numpy as np
 import pandas as pd
 
 from covidnet.atomic import atomic_path, write_csv
-from covidnet.data.cohort import PATIENT_COLUMNS, PATIENTS_FILE, SCAN_COLUMNS, SCANS_FILE
+from covidnet.data.cohort import FINDINGS_FILE, LESIONS_DIR, PATIENT_COLUMNS, PATIENTS_FILE, SCAN_COLUMNS, SCANS_FILE
 from covidnet.progress import bar
 from covidnet.synthetic.anatomy import random_anatomy
 from covidnet.synthetic.dicom_writer import SeriesHeader, write_localizer, write_series
 from covidnet.synthetic.params import SynthParams
-from covidnet.synthetic.phantom import draw_chest, draw_projection
+from covidnet.synthetic.phantom import LESION, LUNG, OUTSIDE, draw_chest, draw_projection
 from covidnet.synthetic.plan import ScanTask, plan_cohort, random_hex, scan_findings
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,32 @@ class SynthSummary:
                 f"({self.bytes / 2**20:.1f} MiB); planted cases: {planted}")
 
 
-def _write_study(task: ScanTask, root: Path) -> tuple[int, int, int]:
-    """Write one study (localizer, axial and/or contrast series); returns (series, files, bytes)."""
+def _lesion_tensor(labels: np.ndarray, grid: tuple[int, int, int]) -> np.ndarray:
+    """A drawn study's ground truth ``(D, H, W)`` (slice 0 cranial) in the model's tensor grid.
+
+    The slices are put in the order preprocessing reads them (ascending position along the
+    normal: caudal first) and resized and cropped by the very function preprocessing's fast
+    path is tested against (:func:`covidnet.preprocess.array.resize_crop`), lung and lesion
+    masks each, a voxel keeping a label where at least half of it is.
+
+    Returns:
+        ``(depth, crop, crop)`` uint8: 0 outside the lungs, 1 lung, 2 lesion.
+    """
+    from covidnet.preprocess.array import resize_crop
+
+    depth, size, crop = grid
+    ordered = labels[::-1]
+    lung = resize_crop((ordered > OUTSIDE).astype(np.float32), depth, size, crop) >= 0.5
+    lesion = resize_crop((ordered == LESION).astype(np.float32), depth, size, crop) >= 0.5
+    return np.where(lung, np.where(lesion, LESION, LUNG), OUTSIDE).astype(np.uint8)
+
+
+def _write_study(task: ScanTask, root: Path, lesions: Path | None = None,
+                 grid: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
+    """Write one study (localizer, axial and/or contrast series); returns (series, files, bytes).
+
+    With ``lesions`` and ``grid``, the axial series' ground truth goes to
+    ``lesions/<SeriesInstanceUID>.npy`` in the tensor grid (:func:`_lesion_tensor`)."""
     rng = np.random.default_rng(task.scan_seed)
     anatomy = random_anatomy(np.random.default_rng(task.anatomy_seed), task.z_extent_mm)
     findings = scan_findings(task, anatomy, task.anatomy_seed + 1)
@@ -136,7 +160,7 @@ def _write_study(task: ScanTask, root: Path) -> tuple[int, int, int]:
     n_series += 1
 
     if task.with_axial:
-        volume = draw_chest(
+        volume, labels = draw_chest(
             shape,
             spacing,
             anatomy,
@@ -145,7 +169,10 @@ def _write_study(task: ScanTask, root: Path) -> tuple[int, int, int]:
             motion_mm=float(rng.uniform(12.0, 20.0)) if task.motion else 0.0,
             noise_hu=h.noise_hu,
             rng=rng,
+            labels=True,
         )
+        if lesions is not None and grid is not None:
+            np.save(lesions / f"{task.axial_uid}.npy", _lesion_tensor(labels, grid))
         skip: list[int] = []
         if task.broken:
             gap = max(2, n_slices // 8)
@@ -193,7 +220,7 @@ def _replace(header: SeriesHeader, **changes: object) -> SeriesHeader:
 
 
 def synthesize(params: SynthParams, dicom_dir: Path, manifest_dir: Path, *, workers: int | None = None,
-               progress: bool = True) -> SynthSummary:
+               grid: tuple[int, int, int] | None = None, progress: bool = True) -> SynthSummary:
     """Write a SYNTHETIC cohort: a DICOM tree and its manifest (plus ``planted.csv``).
 
     Both folders are built beside their targets and renamed into place at the end, so a
@@ -207,6 +234,11 @@ def synthesize(params: SynthParams, dicom_dir: Path, manifest_dir: Path, *, work
             which exclusion rule; synthetic ground truth, not manifest schema).
         workers: processes writing studies (1 = in this process), instead of
             ``params.workers``. The output does not depend on it.
+        grid: ``(depth, size, crop)`` of preprocessing: with it, the manifest folder also
+            gets ``lesions/<SeriesInstanceUID>.npy``, each axial series' planted findings and
+            lungs in the tensor grid (``(depth, crop, crop)`` uint8: 0 outside the lungs, 1
+            lung, 2 lesion), and ``findings.csv`` (the pattern drawn for each scan): the ground
+            truth that explanations and the phantom's own ceiling are measured against.
         progress: a progress bar on a terminal.
 
     Returns:
@@ -216,7 +248,10 @@ def synthesize(params: SynthParams, dicom_dir: Path, manifest_dir: Path, *, work
     dicom_dir, manifest_dir = Path(dicom_dir), Path(manifest_dir)
     log.info("synthesizing %d patients, %d studies into %s", len(patients), len(tasks), dicom_dir)
     results: list[tuple[int, int, int]] = []
-    with atomic_path(dicom_dir, directory=True) as tmp:
+    with atomic_path(dicom_dir, directory=True) as tmp, atomic_path(manifest_dir, directory=True) as manifest:
+        lesions = manifest / LESIONS_DIR if grid else None
+        if lesions is not None:
+            lesions.mkdir()
         (tmp / "README.txt").write_text(  # worded as before the package layout: the cohort's hash is in dvc.lock
             "SYNTHETIC chest CT cohort written by covidnet.synth (phantoms, not patients).\n"
             "Folder and file names are random; select series from the DICOM headers.\n"
@@ -226,19 +261,23 @@ def synthesize(params: SynthParams, dicom_dir: Path, manifest_dir: Path, *, work
             workers = params.workers if workers is None else workers
             if workers > 1 and len(tasks) > 1:
                 with ProcessPoolExecutor(max_workers=min(workers, os.cpu_count() or 1)) as pool:
-                    for result in pool.map(_write_study, tasks, [tmp] * len(tasks)):
+                    for result in pool.map(_write_study, tasks, [tmp] * len(tasks), [lesions] * len(tasks),
+                                           [grid] * len(tasks)):
                         results.append(result)
                         meter.update(1)
             else:
                 for task in tasks:
-                    results.append(_write_study(task, tmp))
+                    results.append(_write_study(task, tmp, lesions, grid))
                     meter.update(1)
         finally:
             meter.close()
-    with atomic_path(manifest_dir, directory=True) as tmp:
-        write_csv(tmp / PATIENTS_FILE, pd.DataFrame(patients, columns=list(PATIENT_COLUMNS)))
-        write_csv(tmp / SCANS_FILE, pd.DataFrame(scans, columns=list(SCAN_COLUMNS)))
-        write_csv(tmp / PLANTED_FILE, pd.DataFrame(planted, columns=list(PLANTED_COLUMNS)))
+        write_csv(manifest / PATIENTS_FILE, pd.DataFrame(patients, columns=list(PATIENT_COLUMNS)))
+        write_csv(manifest / SCANS_FILE, pd.DataFrame(scans, columns=list(SCAN_COLUMNS)))
+        write_csv(manifest / PLANTED_FILE, pd.DataFrame(planted, columns=list(PLANTED_COLUMNS)))
+        if grid:
+            write_csv(manifest / FINDINGS_FILE, pd.DataFrame(
+                [{"study_uid": t.study_uid, "series_uid": t.axial_uid, "label": t.label, "pattern": t.pattern,
+                  "severity": round(t.severity, 4), "effusion": t.effusion} for t in tasks if t.with_axial]))
     counts = {label: sum(p["label"] == label for p in patients) for label in ("covid", "non_covid")}
     planted_counts: dict[str, int] = {}
     for row in planted:
@@ -256,7 +295,11 @@ def synthesize(params: SynthParams, dicom_dir: Path, manifest_dir: Path, *, work
 
 
 def run_synth(params: dict, paths, progress: bool = True) -> SynthSummary:
-    """The ``synth`` stage: write the synthetic cohort into ``paths.dicom`` and ``paths.manifest``."""
+    """The ``synth`` stage: write the synthetic cohort into ``paths.dicom`` and ``paths.manifest``, with
+    its ground truth (lesion masks in the grid of the ``preprocess`` section, findings per scan)."""
     from covidnet.params import section
+    from covidnet.preprocess.params import PreprocessParams
 
-    return synthesize(section(params, "synth", SynthParams), paths.dicom, paths.manifest, progress=progress)
+    pre = section(params, "preprocess", PreprocessParams)
+    return synthesize(section(params, "synth", SynthParams), paths.dicom, paths.manifest,
+                      grid=(pre.depth, pre.size, pre.crop), progress=progress)

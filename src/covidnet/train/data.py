@@ -24,7 +24,11 @@ class TensorSet:
         shape: the expected tensor shape ``(1, D, H, W)``.
         augment: left-right flips (the last axis), each decided by ``(seed, epoch, i)``
             alone, so the same in any DataLoader worker; set :attr:`epoch` before each epoch.
-        seed: the flips' seed.
+        seed: the augmentations' seed.
+        shift: with ``augment``, a random shift of up to this many voxels along each in-plane
+            axis (the volume rolls; 0: none).
+        intensity: with ``augment``, a random gain ``1 + u`` and offset ``u / 4``, ``u`` uniform
+            in ``[-intensity, intensity]`` (a scanner's calibration; 0: none).
 
     Raises:
         TrainDataError: an unknown label (on construction); a tensor that cannot be read,
@@ -32,12 +36,14 @@ class TensorSet:
     """
 
     def __init__(self, index: pd.DataFrame, root: Path, shape: tuple[int, ...], augment: bool = False,
-                 seed: int = 0) -> None:
+                 seed: int = 0, shift: int = 0, intensity: float = 0.0) -> None:
         self.rows = index.reset_index(drop=True)
         self.root = Path(root)
         self.shape = tuple(shape)
         self.augment = augment
         self.seed = seed
+        self.shift = shift
+        self.intensity = intensity
         self.epoch = 0
         bad = sorted(set(self.rows["label"]) - set(LABEL_TO_INT))
         if bad:
@@ -61,10 +67,16 @@ class TensorSet:
         if not np.isfinite(x).all():
             raise TrainDataError(f"scan {row['scan_id']}: tensor has {int((~np.isfinite(x)).sum())} NaN/inf values ({path})")
         if self.augment:
-            # Left-right flip, decided by (seed, epoch, sample) alone: the same in any worker.
+            # Decided by (seed, epoch, sample) alone: the same in any worker, and on a resumed run.
             g = np.random.default_rng([self.seed, self.epoch, i])
             if g.random() < 0.5:
                 x = np.ascontiguousarray(x[..., ::-1])
+            if self.shift:
+                dy, dx = (int(v) for v in g.integers(-self.shift, self.shift + 1, size=2))
+                x = np.roll(x, (dy, dx), axis=(-2, -1))
+            if self.intensity:
+                u = float(g.uniform(-self.intensity, self.intensity))
+                x = (x * np.float32(1.0 + u) + np.float32(u / 4)).astype(np.float32)
         return torch.from_numpy(x), torch.tensor(self.labels[i]), i
 
 

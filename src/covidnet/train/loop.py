@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import asdict
 from typing import Any
 
@@ -97,6 +98,8 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
     device = torch.device(f"cuda:{dist.local_rank}" if device_kind == "cuda" else "cpu")
     if device_kind == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
+        if params.threads:
+            torch.set_num_threads(params.threads)
         if params.precision != "fp32":
             log.warning("train.precision %s applies on GPU only; training in fp32 on the CPU", params.precision)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(params.precision) if device_kind == "cuda" else None
@@ -113,14 +116,15 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
     if train_rows["label"].nunique() < 2:
         raise TrainDataError(f"the train split holds one class only ({sorted(train_rows['label'].unique())}): "
                              "a classifier needs both")
-    train_set = TensorSet(train_rows, paths.preprocessed, shape, params.augment, params.seed)
+    train_set = TensorSet(train_rows, paths.preprocessed, shape, params.augment, params.seed, params.shift,
+                          params.intensity)
     val_set = TensorSet(val_rows, paths.preprocessed, shape)
 
     torch.manual_seed(params.seed)
     model = build_model(model_params).to(device)
     config = {"model": model.config, "train": asdict(params), "preprocess": dict(preprocess),
               "tensors_version": (provenance or {}).get("tensors_version", "unknown"), "world_size": dist.world}
-    optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate)
+    optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
     pos_weight = torch.tensor(params.pos_weight, device=device) if params.pos_weight is not None else None
 
@@ -164,9 +168,12 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
                                  collate_fn=collate))
         model.train()
         loss_sum, seen = 0.0, 0
+        seen_logits, seen_labels = [], []  # this epoch's training scores (train AUC; one process)
         meter = bar(total=len(plan), desc=f"epoch {epoch}/{params.epochs}", unit="step", progress=progress and dist.main,
                     leave=False)
-        for n_step, chunks in plan:
+        for s, (n_step, chunks) in enumerate(plan):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(params, epoch, s, len(plan))
             optimizer.zero_grad(set_to_none=True)
             for j, chunk in enumerate(chunks):
                 if chunk:
@@ -183,6 +190,8 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
                     scaler.scale(loss * (dist.world / n_step)).backward()
                 loss_sum += float(loss.detach())
                 seen += len(chunk)
+                seen_logits.append(logits.detach().cpu().numpy())
+                seen_labels.append(y.numpy())
             scaler.step(optimizer)
             scaler.update()
             meter.update(1)
@@ -192,7 +201,9 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
         logits, labels = score_set(model, val_set, micro, device, autocast)
         val_loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(labels)))
         val_auc = _auc(labels, sigmoid(logits))
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_auc": val_auc}
+        train_auc = _auc(np.concatenate(seen_labels), sigmoid(np.concatenate(seen_logits))) if dist.world == 1 else None
+        row = {"epoch": epoch, "train_loss": train_loss, "train_auc": train_auc, "val_loss": val_loss,
+               "val_auc": val_auc}
         history.append(row)
         better = best["epoch"] == 0 or _better(val_auc, val_loss, best)
         if better:
@@ -255,3 +266,17 @@ def _better(auc: float | None, loss: float, best: dict) -> bool:
 def _bar(show: bool, total: int, desc: str):
 
     return bar(total=total, desc=desc, unit="step", progress=show, leave=False)
+
+
+def learning_rate(params: TrainParams, epoch: int, step: int, steps: int) -> float:
+    """The learning rate of ``step`` (0-based) of ``epoch`` (1-based, ``steps`` per epoch).
+
+    ``constant``: ``params.learning_rate``. ``cosine``: half a cosine from it down to
+    ``learning_rate * lr_floor`` at the last step of ``params.epochs`` (a function of the step
+    alone, so a resumed run goes on exactly where it stopped).
+    """
+    if params.schedule == "constant":
+        return params.learning_rate
+    t = ((epoch - 1) * steps + step) / max(1, params.epochs * steps - 1)
+    floor = params.lr_floor
+    return params.learning_rate * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0))))

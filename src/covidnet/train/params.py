@@ -8,6 +8,8 @@ from typing import Any
 
 from covidnet.errors import CovidnetError
 
+SCHEDULES = ("constant", "cosine")
+
 
 @dataclass(frozen=True)
 class TrainParams:
@@ -25,8 +27,19 @@ class TrainParams:
         workers: DataLoader worker processes (0: load in the training process). Changes no
             result, so a checkpoint resumes under another value.
         precision: ``fp32``, ``bf16`` or ``fp16`` (autocast; GPU only).
-        augment: left-right flips, decided by (seed, epoch, sample).
+        augment: left-right flips, decided by (seed, epoch, sample); with ``shift`` and
+            ``intensity``, also random in-plane shifts and gain/offset (:class:`covidnet.train.data.TensorSet`).
+        shift: the largest in-plane shift in voxels (0: none).
+        intensity: the gain's largest deviation from 1 (0: none).
+        weight_decay: Adam's L2 penalty (the paper: none).
         device: ``auto``, ``cpu`` or ``cuda``.
+        schedule: the learning rate over the run: ``constant`` (the paper) or ``cosine``
+            (from ``learning_rate`` down to ``learning_rate * lr_floor`` at the last epoch,
+            stepped once per optimiser step).
+        lr_floor: the cosine schedule's last learning rate, as a fraction of the first.
+        threads: CPU threads of torch's operators (0: torch's default, one per core). A
+            CPU run's weights depend on it (the order of float additions), so it is pinned for
+            runs that must reproduce to the bit; it changes nothing on a GPU.
     """
 
     seed: int
@@ -39,9 +52,24 @@ class TrainParams:
     workers: int
     precision: str
     augment: bool
+    shift: int
+    intensity: float
+    weight_decay: float
     device: str
+    schedule: str
+    lr_floor: float
+    threads: int
 
     def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"train.schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
+        if not 0.0 <= self.lr_floor <= 1.0:
+            raise ValueError(f"train.lr_floor must be in [0, 1], got {self.lr_floor}")
+        if self.shift < 0 or self.intensity < 0 or self.weight_decay < 0:
+            raise ValueError(f"train.shift, train.intensity and train.weight_decay must be >= 0, got {self.shift}, "
+                             f"{self.intensity}, {self.weight_decay}")
+        if self.threads < 0:
+            raise ValueError(f"train.threads must be >= 0, got {self.threads}")
         for name in ("epochs", "batch_size", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")

@@ -118,3 +118,34 @@ def test_decode_params_do_not_change_the_tensor_key_and_default_to_the_old_behav
 
 def teardown_module():
     shutdown_pools()
+
+
+# Python 3.11's pool, breaking, also sets an exception on the futures this process had taken
+# (cancelled), which raises in its manager thread: noise of CPython (fixed in 3.12), not of ours.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_decoding_process_that_dies_is_a_series_read_error_and_the_next_series_gets_a_new_one(
+        tmp_path, volume, monkeypatch):
+    """A decoder that crashes its process (a segfault in C) fails that series, naming its files, not the caller."""
+    import os
+
+    from covidnet.preprocess import decode
+
+    files, shape = _series(tmp_path, "rle", volume)
+    p = preprocess_params(depth=23, size=44, crop=44, decoders=DECODERS, decode_workers=2)
+    want, _ = preprocess_series(files, tmp_path, dataclasses.replace(p, decode_workers=1), shape=shape)
+    real = decode.read_blocks
+
+    def dies_in_a_worker(*args):
+        if multiprocessing.parent_process() is not None:
+            os._exit(3)
+        return real(*args)
+
+    shutdown_pools()  # the next pool is forked with the patched function
+    monkeypatch.setattr(decode, "read_blocks", dies_in_a_worker)
+    with pytest.raises(SeriesReadError, match="a decoding process died while reading this series' slices") as info:
+        preprocess_series(files, tmp_path, p, shape=shape)
+    assert files["path"].iloc[0] in str(info.value)
+    monkeypatch.undo()
+    shutdown_pools()
+    got, _ = preprocess_series(files, tmp_path, p, shape=shape)
+    np.testing.assert_array_equal(got, want)

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from covidnet.data.fetch import FetchError, RevisionError, check_revision, fetch_cohort
+from covidnet.data.fetch import FetchError, RevisionError, check_revision, fetch_cohort, resolve_revision
 from support import REPO
 
 
@@ -138,3 +138,39 @@ def test_check_revision_against_a_real_repository(tmp_path, git_env):
     assert not short.checked and "abbreviated commit hash" in short.detail
     unreachable = check_revision(str(tmp_path / "nowhere"), "main")
     assert not unreachable.checked and "git ls-remote" in unreachable.detail
+
+
+def test_resolve_revision_follows_a_moving_branch(tmp_path, git_env):
+    """A branch resolves to the commit it points at now; a tag (annotated too) to its commit; a hash to itself."""
+    repo = tmp_path / "cohort"
+    _run(["git", "init", "-q", "-b", "main", str(repo)], tmp_path, git_env)
+    _run(["git", "commit", "-q", "--allow-empty", "-m", "one"], repo, git_env)
+    first = _run(["git", "rev-parse", "HEAD"], repo, git_env)
+    _run(["git", "tag", "-a", "v1", "-m", "cohort v1"], repo, git_env)
+    assert resolve_revision(str(repo), "main") == first
+    _run(["git", "commit", "-q", "--allow-empty", "-m", "two"], repo, git_env)
+    second = _run(["git", "rev-parse", "HEAD"], repo, git_env)
+    assert second != first and resolve_revision(str(repo), "main") == second  # main moved
+    assert resolve_revision(str(repo), "v1") == resolve_revision(str(repo), "refs/tags/v1") == first
+    assert resolve_revision(str(repo), first) == first
+    with pytest.raises(RevisionError, match="'v2' is not a branch, tag or full commit hash"):
+        resolve_revision(str(repo), "v2")
+    with pytest.raises(FetchError, match="resolve_revision: .*abbreviated commit hash"):
+        resolve_revision(str(repo), first[:8])
+    with pytest.raises(FetchError, match="resolve_revision: git ls-remote"):
+        resolve_revision(str(tmp_path / "nowhere"), "main")
+
+
+def test_resolve_component_in_a_kfp_local_run(tmp_path, git_env):
+    """The pipeline's first task (never cached) as a kfp.local subprocess: its output is the commit."""
+    import kfp.local
+
+    from covidnet.kfp.components.stages import resolve_cohort_revision
+
+    repo = tmp_path / "cohort"
+    _run(["git", "init", "-q", "-b", "main", str(repo)], tmp_path, git_env)
+    _run(["git", "commit", "-q", "--allow-empty", "-m", "one"], repo, git_env)
+    head = _run(["git", "rev-parse", "HEAD"], repo, git_env)
+    kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"),
+                   raise_on_error=True)
+    assert resolve_cohort_revision(repo_url=str(repo), revision="main").output == head

@@ -62,25 +62,39 @@ def test_pipeline_resources_retries_secrets_and_images():
     assert spec["pipelineInfo"]["name"] == "covidnet"
     execs = _executors(spec)
     names = {k.removeprefix("exec-") for k in execs}
-    assert names == {"fetch-cohort", "validate", "exclude", "split", "preprocess", "train", "evaluate", "promote"}
+    assert names == {"resolve-cohort-revision", "fetch-cohort", "validate", "exclude", "split", "preprocess", "train",
+                     "evaluate", "promote"}
     for name, ex in execs.items():
         container = ex["container"]
         assert container["image"] == ("covidnet:0.1.0-cuda" if name == "exec-train" else "covidnet:0.1.0"), name
-        limits = container["resources"]
-        cpu, memory = (r.train_cpu, r.train_memory) if name == "exec-train" else (r.cpu, r.memory)
-        assert limits["resourceCpuLimit"] == cpu and limits["resourceMemoryLimit"] == memory, name
+        res = container["resources"]
+        if name == "exec-train":
+            want = (r.train_cpu_request, r.train_memory_request, r.train_cpu, r.train_memory)
+        else:
+            want = (r.cpu_request, r.memory_request, r.cpu, r.memory)
+        got = (res["resourceCpuRequest"], res["resourceMemoryRequest"], res["resourceCpuLimit"],
+               res["resourceMemoryLimit"])
+        assert got == want, name
         assert "pip install" not in json.dumps(container["command"]), name  # the image holds everything
     accel = execs["exec-train"]["container"]["resources"]["accelerator"]
     assert accel["resourceType"] == r.accelerator and int(accel["resourceCount"]) == r.gpus
     assert all("accelerator" not in ex["container"]["resources"] for k, ex in execs.items() if k != "exec-train")
     tasks = _tasks(spec)
-    for name in ("fetch-cohort", "promote"):
+    for name, count in (("resolve-cohort-revision", retry.count), ("fetch-cohort", retry.count),
+                        ("promote", retry.count), ("train", SETTINGS.train.retries)):
         policy = tasks[name]["retryPolicy"]
-        assert policy["maxRetryCount"] == retry.count and policy["backoffFactor"] == retry.factor
+        assert policy["maxRetryCount"] == count and policy["backoffFactor"] == retry.factor, name
         assert policy["backoffDuration"] == f"{retry.backoff_s}s"
         assert policy["backoffMaxDuration"] == f"{retry.max_backoff_s}s"
-    assert "retryPolicy" not in tasks["train"]
+    assert SETTINGS.train.retries > 0  # a failed train pod comes back and resumes (tests/train/test_launch.py)
     assert tasks["train"]["cachingOptions"]["enableCache"] is True
+    # The moving cohort revision is resolved to a commit by an uncached task; the cached fetch is keyed on it.
+    assert tasks["resolve-cohort-revision"]["cachingOptions"].get("enableCache", False) is False
+    assert tasks["fetch-cohort"]["cachingOptions"]["enableCache"] is True
+    rev = tasks["fetch-cohort"]["inputs"]["parameters"]["revision"]["taskOutputParameter"]
+    assert rev == {"outputParameterKey": "Output", "producerTask": "resolve-cohort-revision"}
+    assert tasks["resolve-cohort-revision"]["inputs"]["parameters"]["revision"] == {
+        "componentInputParameter": "cohort_revision"}
     assert tasks["promote"]["cachingOptions"].get("enableCache", False) is False
     inputs = spec["root"]["inputDefinitions"]["parameters"]
     assert inputs["profile"]["defaultValue"] == "default"
@@ -119,16 +133,18 @@ def test_compile_follows_the_params(tmp_path):
     """Changing the pipeline section changes the compiled YAML: no number is buried in code."""
     def edit(raw):
         p = raw["pipeline"]
-        p["resources"].update(gpus=2, train_cpu="12", memory="4Gi", train_shm=None)
+        p["resources"].update(gpus=2, train_cpu="12", memory="4Gi", train_shm=None, cpu_request="500m")
         p["retry"].update(count=5, backoff_s=10)
-        p["train"].update(checkpoint_pvc="covidnet-ckpt", checkpoint_dir="/checkpoints", nproc_per_node=2)
+        p["train"].update(checkpoint_pvc="covidnet-ckpt", checkpoint_dir="/checkpoints", nproc_per_node=2, retries=0)
         p["secrets"]["dvc_remote"]["name"] = "minio-creds"
 
     out = kp.compile_pipeline("covidnet", tmp_path / "p.yaml", _params_with(tmp_path, edit))
     spec = _load(out)
     train = _executors(spec)["exec-train"]["container"]["resources"]
     assert int(train["accelerator"]["resourceCount"]) == 2 and train["resourceCpuLimit"] == "12"
-    assert _executors(spec)["exec-validate"]["container"]["resources"]["resourceMemoryLimit"] == "4Gi"
+    validate = _executors(spec)["exec-validate"]["container"]["resources"]
+    assert validate["resourceMemoryLimit"] == "4Gi" and validate["resourceCpuRequest"] == "500m"
+    assert "retryPolicy" not in _tasks(spec)["train"]  # pipeline.train.retries: 0
     policy = _tasks(spec)["fetch-cohort"]["retryPolicy"]
     assert policy["maxRetryCount"] == 5 and policy["backoffDuration"] == "10s"
     k8s = _k8s(spec)
@@ -143,6 +159,10 @@ def test_compile_follows_the_params(tmp_path):
     ("resources.memory", "lots", "pipeline.resources.memory: 'lots' is not a memory quantity"),
     ("resources.cpu", "-1", "pipeline.resources.cpu: '-1' is not a CPU quantity"),
     ("resources.gpus", -1, "pipeline.resources.gpus: must be >= 0, got -1"),
+    ("resources.memory_request", "16G", "pipeline.resources.memory_request: '16G' is above the limit "
+                                        "pipeline.resources.memory ('8G')"),
+    ("resources.train_cpu_request", "9", "pipeline.resources.train_cpu_request: '9' is above the limit"),
+    ("train.retries", -1, "pipeline.train.retries: must be >= 0, got -1"),
     ("retry.factor", 0.5, "pipeline.retry.factor: must be >= 1, got 0.5"),
     ("train.nproc_per_node", "many", "pipeline.train.nproc_per_node: 'many' is neither 'auto' nor"),
     ("train.checkpoint_pvc", "My_PVC", "pipeline.train.checkpoint_pvc: 'My_PVC' is not a Kubernetes name"),

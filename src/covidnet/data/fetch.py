@@ -75,10 +75,15 @@ def fetch_cohort(repo_url: str, revision: str, outputs: dict[str, Path | str], t
 
 @dataclass(frozen=True)
 class RevisionCheck:
-    """What :func:`check_revision` found: ``checked`` False when the repository could not be asked."""
+    """What :func:`check_revision` found: ``checked`` False when the repository could not be asked.
+
+    ``commit`` is the 40-character hash the revision names (a tag's commit, not the tag
+    object), when found.
+    """
 
     checked: bool
     detail: str
+    commit: str | None = None
 
 
 def check_revision(repo_url: str, revision: str, timeout_s: float = 30) -> RevisionCheck:
@@ -110,9 +115,13 @@ def check_revision(repo_url: str, revision: str, timeout_s: float = 30) -> Revis
     for line in proc.stdout.splitlines():
         sha, _, ref = line.partition("\t")
         refs[ref.removesuffix("^{}")] = sha
-    names = {revision, f"refs/heads/{revision}", f"refs/tags/{revision}"}
-    if names & set(refs) or revision in refs.values():
-        return RevisionCheck(True, f"{revision} found in {repo_url}")
+    # A name: the branch first, then the tag (git's own order); a tag's peeled line (^{}) came last, so
+    # refs holds its commit.
+    for name in (revision, f"refs/heads/{revision}", f"refs/tags/{revision}"):
+        if name in refs:
+            return RevisionCheck(True, f"{revision} found in {repo_url} (commit {refs[name]})", refs[name])
+    if revision in refs.values():
+        return RevisionCheck(True, f"commit {revision} found in {repo_url}", revision)
     if _SHA.match(revision):
         with tempfile.TemporaryDirectory(prefix="covidnet-revcheck-") as tmp:
             try:
@@ -121,7 +130,7 @@ def check_revision(repo_url: str, revision: str, timeout_s: float = 30) -> Revis
             except (OSError, subprocess.TimeoutExpired) as exc:
                 return RevisionCheck(False, f"git fetch {repo_url} {revision}: {exc}")
         if got.returncode == 0:
-            return RevisionCheck(True, f"commit {revision} found in {repo_url}")
+            return RevisionCheck(True, f"commit {revision} found in {repo_url}", revision)
         raise RevisionError(f"cohort revision {revision!r}: no such commit in {repo_url} "
                             f"({got.stderr.strip() or 'git fetch failed'})")
     if _SHORT_SHA.match(revision):
@@ -131,3 +140,20 @@ def check_revision(repo_url: str, revision: str, timeout_s: float = 30) -> Revis
     tags = sorted(r.removeprefix("refs/tags/") for r in refs if r.startswith("refs/tags/"))
     raise RevisionError(f"cohort revision {revision!r} is not a branch, tag or full commit hash of {repo_url} "
                         f"(branches: {', '.join(heads[:10]) or 'none'}; tags: {', '.join(tags[:10]) or 'none'})")
+
+
+def resolve_revision(repo_url: str, revision: str, timeout_s: float = 30) -> str:
+    """The commit a branch, tag or commit hash of ``repo_url`` names now (40 hex digits).
+
+    What a pipeline fetches by: a moving name (``main``) becomes the commit it points at
+    when the run starts, so a cached fetch is reused only for the same commit.
+
+    Raises:
+        RevisionError: the repository has no such revision.
+        FetchError: the repository could not be asked (network, credentials), or the
+            revision is an abbreviated hash.
+    """
+    found = check_revision(repo_url, revision, timeout_s=timeout_s)
+    if not found.checked or found.commit is None:
+        raise FetchError(f"resolve_revision: {found.detail}")
+    return found.commit

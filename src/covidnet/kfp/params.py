@@ -40,6 +40,28 @@ def check_memory(value: str, key: str) -> None:
         raise ParamsError(f"{key}: {value!r} is not a memory quantity such as '8G' or '16Gi'")
 
 
+_MEMORY_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+                 "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def cpu_cores(value: str) -> float:
+    """A checked CPU quantity in cores (``"500m"`` -> 0.5)."""
+    return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
+
+
+def memory_bytes(value: str) -> float:
+    """A checked memory quantity in bytes (``"16Gi"`` -> 17179869184)."""
+    number, unit = re.match(r"^([0-9.]+)([A-Za-z]*)$", value).groups()
+    return float(number) * _MEMORY_UNITS[unit]
+
+
+def _check_request(request: float, limit: float, request_key: str, limit_key: str, request_value: str,
+                   limit_value: str) -> None:
+    if request > limit:
+        raise ParamsError(f"pipeline.resources.{request_key}: {request_value!r} is above the limit "
+                          f"pipeline.resources.{limit_key} ({limit_value!r}); a request must not exceed its limit")
+
+
 def check_name(value: str, key: str) -> None:
     """Raise unless ``value`` is a Kubernetes object name (a DNS label: a-z, 0-9, '-', at most 63)."""
     if len(value) > 63 or not _DNS_LABEL.match(value):
@@ -86,21 +108,34 @@ class ImageParams:
 
 @dataclass(frozen=True)
 class ResourceParams:
-    """``pipeline.resources``: limits of every task, and of the train task with its accelerators."""
+    """``pipeline.resources``: requests and limits of every task, and of the train task with its accelerators.
+
+    A request (what the scheduler reserves) must not exceed its limit.
+    """
 
     cpu: str
     memory: str
+    cpu_request: str
+    memory_request: str
     train_cpu: str
     train_memory: str
+    train_cpu_request: str
+    train_memory_request: str
     train_shm: str | None
     accelerator: str
     gpus: int
 
     def __post_init__(self) -> None:
-        check_cpu(self.cpu, "pipeline.resources.cpu")
-        check_cpu(self.train_cpu, "pipeline.resources.train_cpu")
-        check_memory(self.memory, "pipeline.resources.memory")
-        check_memory(self.train_memory, "pipeline.resources.train_memory")
+        for request, limit in (("cpu_request", "cpu"), ("train_cpu_request", "train_cpu")):
+            check_cpu(getattr(self, limit), f"pipeline.resources.{limit}")
+            check_cpu(getattr(self, request), f"pipeline.resources.{request}")
+            _check_request(cpu_cores(getattr(self, request)), cpu_cores(getattr(self, limit)), request, limit,
+                           getattr(self, request), getattr(self, limit))
+        for request, limit in (("memory_request", "memory"), ("train_memory_request", "train_memory")):
+            check_memory(getattr(self, limit), f"pipeline.resources.{limit}")
+            check_memory(getattr(self, request), f"pipeline.resources.{request}")
+            _check_request(memory_bytes(getattr(self, request)), memory_bytes(getattr(self, limit)), request, limit,
+                           getattr(self, request), getattr(self, limit))
         if self.train_shm is not None:
             check_memory(self.train_shm, "pipeline.resources.train_shm")
         check_resource(self.accelerator, "pipeline.resources.accelerator")
@@ -138,8 +173,11 @@ class TrainTaskParams:
     checkpoint_pvc: str | None
     checkpoint_mount: str
     checkpoint_sync_s: int
+    retries: int
 
     def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ParamsError(f"pipeline.train.retries: must be >= 0, got {self.retries}")
         parse_nproc(self.nproc_per_node)
         check_checkpoint_dir(self.checkpoint_dir, "pipeline.train.checkpoint_dir")
         if self.checkpoint_sync_s < 1:

@@ -31,6 +31,22 @@ CUDA_IMAGE = "covidnet:0.1.0-cuda"
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
+def resolve_cohort_revision(repo_url: str, revision: str, timeout_s: int = 30) -> str:
+    """The commit (40 hex digits) that a branch, tag or hash of the cohort repository names now.
+
+    Never cached: it runs at every run, so a moving revision (``main``) is read afresh and the
+    cached ``fetch_cohort`` behind it is reused only for the same commit.
+    """
+    from covidnet.data.fetch import resolve_revision
+    from covidnet.kfp.runner import stage_failure
+
+    with stage_failure("resolve_cohort_revision"):
+        commit = resolve_revision(repo_url, revision, timeout_s=timeout_s)
+    print(f"cohort revision {revision!r} of {repo_url} is commit {commit}")
+    return commit
+
+
+@dsl.component(base_image=IMAGE, install_kfp_package=False)
 def fetch_cohort(repo_url: str, revision: str, dicom: Output[Dataset], manifest: Output[Dataset],
                  dicom_path: str = "data/raw/dicom", manifest_path: str = "data/raw/manifest"):
     """``dvc get`` the DICOM tree and manifest at a git revision of a DVC repository.

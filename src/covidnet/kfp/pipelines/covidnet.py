@@ -24,6 +24,7 @@ from kfp.dsl import HTML, ClassificationMetrics, Dataset, Markdown, Metrics, Mod
 
 from covidnet.kfp.components import pytorchjob as d
 from covidnet.kfp.components import stages as c
+from covidnet.kfp.pipelines.tasks import limits, network, secret
 from kfp import dsl, kubernetes
 
 Outputs = NamedTuple("Outputs", [("cohort_metrics", Metrics), ("flow", Markdown), ("train_metrics", Metrics),
@@ -31,30 +32,13 @@ Outputs = NamedTuple("Outputs", [("cohort_metrics", Metrics), ("flow", Markdown)
                                  ("report", HTML), ("decision", Dataset), ("gate", Metrics)])
 
 
-def _limits(task: dsl.PipelineTask, settings: Any, cpu: str | None = None, memory: str | None = None,
-            image: str | None = None) -> dsl.PipelineTask:
-    """Every task: its image (``pipeline.image``; the CPU one unless ``image``), limits, caching."""
-    r = settings.resources
-    task.set_container_image(image or settings.image.cpu)
-    return task.set_cpu_limit(cpu or r.cpu).set_memory_limit(memory or r.memory).set_caching_options(True)
-
-
-def _network(task: dsl.PipelineTask, settings: Any) -> dsl.PipelineTask:
-    """Tasks talking to a remote (DVC storage, MLflow registry, the Kubernetes API): retried with back-off."""
-    r = settings.retry
-    return task.set_retry(num_retries=r.count, backoff_duration=f"{r.backoff_s}s", backoff_factor=r.factor,
-                          backoff_max_duration=f"{r.max_backoff_s}s")
-
-
-def _secret(task: dsl.PipelineTask, secret: Any) -> dsl.PipelineTask:
-    return kubernetes.use_secret_as_env(task, secret_name=secret.name, secret_key_to_env=dict(secret.env))
-
-
 def _train_in_pod(settings: Any, common: dict, preprocessed: Any, nproc_per_node: Any,
                   checkpoint_dir: Any) -> dsl.PipelineTask:
     r, t = settings.resources, settings.train
-    task = _limits(c.train(preprocessed=preprocessed, nproc_per_node=nproc_per_node, checkpoint_dir=checkpoint_dir,
-                           **common), settings, r.train_cpu, r.train_memory, settings.image.cuda)
+    task = limits(c.train(preprocessed=preprocessed, nproc_per_node=nproc_per_node, checkpoint_dir=checkpoint_dir,
+                           **common), settings, train=True)
+    if t.retries:  # a retried pod resumes from checkpoint_dir's last checkpoint ("" starts over)
+        network(task, settings, count=t.retries)
     if r.gpus:
         task.set_accelerator_type(r.accelerator).set_accelerator_limit(r.gpus)
     if r.train_shm:
@@ -62,12 +46,12 @@ def _train_in_pod(settings: Any, common: dict, preprocessed: Any, nproc_per_node
                                    size_limit=r.train_shm)
     if t.checkpoint_pvc:
         kubernetes.mount_pvc(task, pvc_name=t.checkpoint_pvc, mount_path=t.checkpoint_mount)
-    return _secret(task, settings.secrets.mlflow)
+    return secret(task, settings.secrets.mlflow)
 
 
 def _train_pytorchjob(settings: Any, common: dict, preprocessed: Any) -> dsl.PipelineTask:
     job = settings.pytorchjob
-    task = _network(_limits(d.train_pytorchjob(preprocessed=preprocessed, **common), settings), settings)
+    task = network(limits(d.train_pytorchjob(preprocessed=preprocessed, **common), settings), settings)
     kubernetes.mount_pvc(task, pvc_name=job.pvc, mount_path=job.mount_path)
     return task
 
@@ -75,18 +59,18 @@ def _train_pytorchjob(settings: Any, common: dict, preprocessed: Any) -> dsl.Pip
 def _stages(settings: Any, params_yaml: str, profile: str, min_auc_lower: float, min_sensitivity_lower: float,
             dicom: Any, manifest: Any, train_step: Any) -> Outputs:
     common = {"params_yaml": params_yaml, "profile": profile}
-    validate = _limits(c.validate(dicom=dicom, manifest=manifest, **common), settings)
-    exclude = _limits(c.exclude(manifest=manifest, index=validate.outputs["index"], **common), settings)
-    split = _limits(c.split(cohort=exclude.outputs["cohort"], **common), settings)
-    preprocess = _limits(c.preprocess(dicom=dicom, index=validate.outputs["index"],
+    validate = limits(c.validate(dicom=dicom, manifest=manifest, **common), settings)
+    exclude = limits(c.exclude(manifest=manifest, index=validate.outputs["index"], **common), settings)
+    split = limits(c.split(cohort=exclude.outputs["cohort"], **common), settings)
+    preprocess = limits(c.preprocess(dicom=dicom, index=validate.outputs["index"],
                                       split_table=split.outputs["split_table"], **common), settings)
     train = train_step(common, preprocess.outputs["preprocessed"])
-    evaluate = _secret(_limits(c.evaluate(model=train.outputs["model"], preprocessed=preprocess.outputs["preprocessed"],
+    evaluate = secret(limits(c.evaluate(model=train.outputs["model"], preprocessed=preprocess.outputs["preprocessed"],
                                           **common), settings), settings.secrets.mlflow)
-    promote = _network(_limits(c.promote(model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
+    promote = network(limits(c.promote(model=train.outputs["model"], evaluation=evaluate.outputs["evaluation"],
                                          cohort=exclude.outputs["cohort"], min_auc_lower=min_auc_lower,
                                          min_sensitivity_lower=min_sensitivity_lower, **common), settings), settings)
-    _secret(promote, settings.secrets.mlflow)
+    secret(promote, settings.secrets.mlflow)
     # Registering is a side effect with a moving reference (the current champion): never cached.
     promote.set_caching_options(False)
     return Outputs(cohort_metrics=split.outputs["cohort_metrics"], flow=split.outputs["flow"],
@@ -96,8 +80,16 @@ def _stages(settings: Any, params_yaml: str, profile: str, min_auc_lower: float,
 
 
 def _fetch(settings: Any, cohort_repo: str, cohort_revision: str) -> dsl.PipelineTask:
-    fetch = _network(_limits(c.fetch_cohort(repo_url=cohort_repo, revision=cohort_revision), settings), settings)
-    return _secret(fetch, settings.secrets.dvc_remote)
+    """``dvc get`` the cohort at the commit ``cohort_revision`` names when the run starts.
+
+    The revision is resolved by a task that is never cached; the fetch is cached, keyed on
+    the commit, so a scheduled run on ``main`` fetches again exactly when ``main`` moved.
+    """
+    resolve = network(limits(c.resolve_cohort_revision(repo_url=cohort_repo, revision=cohort_revision,
+                                                         timeout_s=settings.submit.git_timeout_s), settings), settings)
+    resolve.set_caching_options(False)
+    fetch = network(limits(c.fetch_cohort(repo_url=cohort_repo, revision=resolve.output), settings), settings)
+    return secret(fetch, settings.secrets.dvc_remote)
 
 
 def covidnet(settings: Any) -> Any:
@@ -127,7 +119,7 @@ def covidnet_synthetic(settings: Any) -> Any:
     def pipeline(params_yaml: str, profile: str = "default", min_auc_lower: float = -1.0,
                  min_sensitivity_lower: float = -1.0, nproc_per_node: str = nproc, checkpoint_dir: str = ckpt) -> Outputs:
         """Thresholds below 0 keep the params file's ``promote`` values; checkpoint_dir "" = no resume."""
-        synth = _limits(c.synth(params_yaml=params_yaml, profile=profile), settings)
+        synth = limits(c.synth(params_yaml=params_yaml, profile=profile), settings)
         return _stages(settings, params_yaml, profile, min_auc_lower, min_sensitivity_lower, synth.outputs["dicom"],
                        synth.outputs["manifest"],
                        lambda common, pre: _train_in_pod(settings, common, pre, nproc_per_node, checkpoint_dir))

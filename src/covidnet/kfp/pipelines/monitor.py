@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 from kfp.dsl import HTML, Dataset, Metrics
 
 from covidnet.kfp.components import monitor as m
-from kfp import dsl, kubernetes
+from covidnet.kfp.pipelines.tasks import limits, network, secret
+from kfp import dsl
 
 Outputs = NamedTuple("Outputs", [("report", HTML), ("drift_json", Dataset), ("drift", Metrics)])
 
@@ -31,14 +32,10 @@ def covidnet_monitor(settings: Any) -> Any:
         """window_hours below 0 keeps monitor.drift.window_hours; until "" = the run's start."""
         task = m.monitor_drift(params_yaml=params_yaml, profile=profile, window_hours=window_hours, until=until,
                                fail_on_alarm=fail_on_alarm)
-        task.set_container_image(settings.image.cpu)
-        task.set_cpu_limit(settings.resources.cpu).set_memory_limit(settings.resources.memory)
-        task.set_caching_options(False)  # the log grows and "now" moves: never reuse a report
-        r = settings.retry
-        task.set_retry(num_retries=r.count, backoff_duration=f"{r.backoff_s}s", backoff_factor=r.factor,
-                       backoff_max_duration=f"{r.max_backoff_s}s")
-        for secret in (settings.secrets.predlog, settings.secrets.mlflow):
-            kubernetes.use_secret_as_env(task, secret_name=secret.name, secret_key_to_env=dict(secret.env))
+        limits(task, settings).set_caching_options(False)  # the log grows and "now" moves: never reuse a report
+        network(task, settings)
+        for name in ("predlog", "mlflow"):
+            secret(task, getattr(settings.secrets, name))
         return Outputs(report=task.outputs["report"], drift_json=task.outputs["drift_json"],
                        drift=task.outputs["drift"])
 

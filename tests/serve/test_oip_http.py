@@ -324,6 +324,35 @@ def test_binary_outputs_on_request(server):
         out["covid19_probability"][0], abs=1e-6)
 
 
+# --- explanations on request -------------------------------------------------------------------------------------
+
+def test_explain_returns_the_map_and_a_png_on_request(server):
+    """parameters.explain: true adds the (D, H, W) map as a compact array; "png" also a montage; absent, neither."""
+    from covidnet.serve.explain import decode_map
+
+    inputs = [In("study_zip", "BYTES", [1], [server["zip"]])]
+    plain = rest_outcome(*post(server["infer"], *rest_json(inputs)))
+    assert plain.ok and "saliency" not in json.loads(plain.outputs["result"][0])
+    body, headers = rest_json(inputs, parameters={"explain": True})
+    got = rest_outcome(*post(server["infer"], body, headers))
+    assert got.ok, got.error
+    result = json.loads(got.outputs["result"][0])
+    encoded = result["saliency"]
+    assert encoded["shape"] == list(SHAPE[1:]) and encoded["dtype"] == "uint8" and encoded["encoding"] == "zlib+base64"
+    saliency = decode_map(encoded)
+    assert saliency.shape == SHAPE[1:] and (saliency >= 0).all() and saliency.max() == pytest.approx(encoded["max"])
+    assert len(encoded["data"]) < 4 * saliency.size  # compact: not a JSON list of floats
+    assert result["covid19_probability"] == pytest.approx(json.loads(plain.outputs["result"][0])["covid19_probability"])
+    assert "saliency_png" not in result
+    body, headers = rest_json(inputs, parameters={"explain": "png"})
+    result = json.loads(rest_outcome(*post(server["infer"], body, headers)).outputs["result"][0])
+    assert base64.b64decode(result["saliency_png"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert np.allclose(decode_map(result["saliency"]), saliency)  # the same map, deterministic
+    body, headers = rest_json(inputs, parameters={"explain": "heatmap"})
+    refused = rest_outcome(*post(server["infer"], body, headers))
+    assert refused.status == "400" and "parameters.explain: 'heatmap'" in refused.error
+
+
 # --- the last test of the module: the server's whole log ----------------------------------------------------------
 
 def test_zz_server_log_holds_no_identifier(server):

@@ -45,7 +45,7 @@ def train_paths(tmp: Path) -> TrainPaths:
 def train_params(**kw) -> TrainParams:
     base = dict(seed=1, epochs=4, batch_size=4, learning_rate=1e-3, patience=10, micro_batch_size=None,
                 pos_weight=None, workers=0, precision="fp32", augment=False, device="cpu", schedule="constant",
-                lr_floor=0.0, threads=0, shift=0, intensity=0.0, weight_decay=0.0)
+                lr_floor=0.0, threads=0, shift=0, intensity=0.0, zoom=0.0, weight_decay=0.0)
     return TrainParams(**{**base, **kw})
 
 

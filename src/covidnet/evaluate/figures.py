@@ -207,6 +207,14 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         put(name("kappa_model", reader), fig)
     for pair, fig in metrics["kappa"]["reader_vs_reader"].items():
         put(name("kappa", pair.replace(" vs ", "__")), fig)
+    if metrics.get("phantom_ceiling"):
+        put("phantom_ceiling_auc", metrics["phantom_ceiling"]["auc"])
+    sal = metrics.get("saliency") or {}
+    if "enrichment" in sal:
+        put("saliency_enrichment", sal["enrichment"])
+        for anchor, fig in (sal.get("anchors") or {}).items():
+            if "enrichment" in fig:
+                put(name("saliency", anchor, "enrichment"), fig["enrichment"])
     cal = metrics["calibration"]
     out.update({"ece": cal["ece"], "brier": cal["brier"]})
     if "calibrated" in cal:

@@ -64,11 +64,22 @@ def saliency_blocks(s: dict[str, Any], image: str | None) -> list[Block]:
         ci = f" ({100 * fig['ci'][0]:.1f}-{100 * fig['ci'][1]:.1f})" if fig.get("ci") else ""
         return f"{100 * fig['value']:.1f}%{ci}"
 
-    e = s["enrichment"]
-    ci = f" (95% CI {e['ci'][0]:.2f}-{e['ci'][1]:.2f})" if e.get("ci") else ""
+    def times(fig: dict[str, Any]) -> str:
+        ci = f" (95% CI {fig['ci'][0]:.2f}-{fig['ci'][1]:.2f})" if fig.get("ci") else ""
+        return f"{fig['value']:.2f}x chance{ci}"
+
+    if s.get("baseline_hu") is not None:
+        method += f", reference {s['baseline_hu']:g} HU"
+    rim = f" (lung voxels within {s['rim']} of the lung's edge left out of both)" if s.get("rim") else ""
     blocks.append(("p", f"Method: {method}. On {s['n_checked']} true positives, {pct(s['share'])} of the maps' mass "
                         f"in the lungs falls in the planted lesions, against {pct(s['chance'])} for a map spread "
-                        f"evenly over the lungs: **{e['value']:.2f}x chance{ci}**."))
+                        f"evenly over the lungs{rim}: **{times(s['enrichment'])}**."))
+    anchors = s.get("anchors") or {}
+    if "enrichment" in anchors.get("density", {}) and "enrichment" in anchors.get("gradient", {}):
+        blocks.append(("p", f"Read against two anchors on the same studies: the density alone (the volume minus "
+                            f"aerated lung, no model) gets {times(anchors['density']['enrichment'])}; the model's "
+                            f"gradient alone gets {times(anchors['gradient']['enrichment'])}. A map no better than "
+                            "the density shows where the lesions are more than what the model used."))
     if image:
         blocks.append(("img", image))
     return blocks

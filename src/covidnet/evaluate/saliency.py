@@ -7,7 +7,10 @@ set's true positives (COVID-19 called COVID-19) this module computes each study'
 lesions, and the share a map spread evenly over the lungs would get (the lesions' volume
 fraction of the lungs). The figure is the enrichment, mean share / mean chance share, with a
 percentile bootstrap CI over the studies; 1 means the map knows nothing about where the
-lesions are. It also draws the top-k true positives (highest scores) with their maps.
+lesions are. Lung voxels at the lung's edge (``explain.rim``) are left out of both shares.
+The same figure for two anchor maps (:func:`covidnet.model.explain.anchor_maps`) says what
+it is worth: ``density`` needs no model, ``gradient`` is the model's sensitivity alone. It
+also draws the top-k true positives (highest scores) with their maps.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ FIGURE_FILE = "saliency.png"
 
 
 def set_saliency(model, load: Callable[[str], np.ndarray], preds: pd.DataFrame, lesions_dir: Path | None,
-                 params, *, threshold: float, reps: int, seed: int, level: float) -> tuple[dict[str, Any], dict]:
+                 params, hu_window: tuple[float, float], *, threshold: float, reps: int, seed: int,
+                 level: float) -> tuple[dict[str, Any], dict]:
     """Maps of every scan of ``preds`` and the lesion check on its true positives.
 
     Args:
@@ -36,6 +40,7 @@ def set_saliency(model, load: Callable[[str], np.ndarray], preds: pd.DataFrame, 
         preds: ``scan_id, series_uid, label, score`` rows of the set.
         lesions_dir: the synthetic ground truth folder, or None (no check: a real cohort).
         params: :class:`covidnet.model.explain.ExplainParams`.
+        hu_window: the model's preprocessing window ``(hu_min, hu_max)``.
         threshold: the operating point that makes a true positive.
         reps, seed, level: the bootstrap over studies.
 
@@ -45,42 +50,63 @@ def set_saliency(model, load: Callable[[str], np.ndarray], preds: pd.DataFrame, 
     """
     import torch
 
-    from covidnet.model.explain import lesion_share, saliency
+    from covidnet.model.explain import anchor_maps, baseline_intensity, saliency
 
     maps: dict[str, np.ndarray] = {}
     for scan_id in preds["scan_id"]:
         x = torch.from_numpy(load(scan_id)[None])
-        maps[scan_id] = saliency(model, x, params)[0]
+        maps[scan_id] = saliency(model, x, params, hu_window)[0]
     summary: dict[str, Any] = {"method": params.method, "layer": params.layer if params.method == "gradcam" else None,
-                               "n_maps": len(maps)}
+                               "baseline_hu": params.baseline_hu if params.method != "gradcam" else None,
+                               "rim": params.rim, "n_maps": len(maps)}
     tp = preds[(preds["label"] == 1) & (preds["score"] >= threshold)]
     if lesions_dir is None or not Path(lesions_dir).is_dir():
         summary["reason"] = "no ground truth lesion masks (a real cohort): the maps are not checked"
         return summary, maps
     found = [(r.scan_id, Path(lesions_dir) / f"{r.series_uid}.npy") for r in tp.itertuples()]
     found = [(s, p) for s, p in found if p.is_file()]
+    summary["n_true_positives"] = int(len(tp))
     if not found:
         summary["reason"] = f"no true positive with a lesion mask in {lesions_dir}"
         return summary, maps
-    share, chance = lesion_share(np.stack([maps[s] for s, _ in found]), np.stack([np.load(p) for _, p in found]))
+    labels = np.stack([np.load(p) for _, p in found])
+    baseline = baseline_intensity(params, hu_window)
+    anchors: dict[str, list[np.ndarray]] = {"density": [], "gradient": []}
+    for scan_id, _ in found:
+        for name, m in anchor_maps(model, torch.from_numpy(load(scan_id)[None]), baseline).items():
+            anchors[name].append(m[0])
+    boot = {"reps": reps, "seed": seed, "level": level, "rim": params.rim}
+    checked = _enrichment(np.stack([maps[s] for s, _ in found]), labels, **boot)
+    if "reason" in checked:
+        summary["reason"] = checked["reason"]
+        return summary, maps
+    summary.update(checked)
+    summary["anchors"] = {name: _enrichment(np.stack(m), labels, **boot) for name, m in anchors.items()}
+    return summary, maps
+
+
+def _enrichment(maps: np.ndarray, labels: np.ndarray, *, rim: int, reps: int, seed: int,
+                level: float) -> dict[str, Any]:
+    """Share, chance share and enrichment of ``maps (N, D, H, W)`` with their bootstrap CIs over the studies."""
+    from covidnet.evaluate.metrics import bootstrap
+    from covidnet.model.explain import lesion_share
+
+    share, chance = lesion_share(maps, labels, rim=rim)
     keep = np.isfinite(share) & np.isfinite(chance)
     share, chance = share[keep], chance[keep]
     n = len(share)
-    summary.update(n_true_positives=int(len(tp)), n_checked=n)
     if n == 0:
-        summary["reason"] = "no true positive has lesions and map mass inside its lungs"
-        return summary, maps
+        return {"n_checked": 0, "reason": "no true positive has lesions and map mass inside its lungs"}
 
     def stat(idx: np.ndarray) -> dict[str, np.ndarray]:
         s, c = share[idx].mean(axis=1), chance[idx].mean(axis=1)
         return {"share": s, "chance": c, "enrichment": s / c}
 
-    from covidnet.evaluate.metrics import bootstrap
-
     point, samples = bootstrap(n, stat, reps=reps, seed=seed)
+    out: dict[str, Any] = {"n_checked": n}
     for key in ("share", "chance", "enrichment"):
-        summary[key] = figure(point[key], samples.get(key), level, "no study to resample")
-    return summary, maps
+        out[key] = figure(point[key], samples.get(key), level, "no study to resample")
+    return out
 
 
 def write_maps(path: Path, maps: dict[str, np.ndarray]) -> Path:

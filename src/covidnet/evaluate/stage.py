@@ -174,15 +174,15 @@ def log_to_mlflow(metrics: dict[str, Any], out_dir: Path | str) -> None:
 # --- the trained model ----------------------------------------------------------------------------
 
 def _explain_set(model, preds: pd.DataFrame, paths: dict[str, str], preprocessed: Path, lesions_dir: Path | None,
-                 explain, params: EvaluateParams, folder: Path, scratch: Path, synthetic: bool
-                 ) -> tuple[dict[str, Any], Path | None]:
+                 explain, hu_window: tuple[float, float], params: EvaluateParams, folder: Path, scratch: Path,
+                 synthetic: bool) -> tuple[dict[str, Any], Path | None]:
     """A set's maps (written to ``folder/saliency.npz``), their lesion check and the top-k figure (in ``scratch``)."""
     from covidnet.evaluate.saliency import MAPS_FILE, plot_top, set_saliency, write_maps
 
     def load(scan_id: str) -> np.ndarray:
         return np.load(preprocessed / paths[scan_id]).astype(np.float32)
 
-    summary, maps = set_saliency(model, load, preds, lesions_dir, explain, threshold=params.threshold,
+    summary, maps = set_saliency(model, load, preds, lesions_dir, explain, hu_window, threshold=params.threshold,
                                  reps=params.bootstrap, seed=params.seed, level=params.ci)
     folder.mkdir(parents=True, exist_ok=True)
     write_maps(folder / MAPS_FILE, maps)
@@ -275,8 +275,9 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
         with tempfile.TemporaryDirectory(prefix="covidnet-saliency-") as tmp:
             summary, figure_path = None, None
             if explain is not None:
+                window = (float(card.config["preprocess"]["hu_min"]), float(card.config["preprocess"]["hu_max"]))
                 summary, figure_path = _explain_set(model, preds, rows_path(name), preprocessed, lesions_dir, explain,
-                                                    params, folder, Path(tmp), synthetic)
+                                                    window, params, folder, Path(tmp), synthetic)
             ceiling = phantom_ceiling(preds, findings_csv, reps=params.bootstrap, seed=params.seed, level=params.ci)
             results[name] = evaluate_predictions(preds.drop(columns=["scan_id", "series_uid"]), params, folder,
                                                  synthetic=synthetic, title=name, features=feats,

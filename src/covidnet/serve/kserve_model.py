@@ -105,7 +105,8 @@ class COVIDNetModel(kserve.Model):
         logits, _ = await asyncio.to_thread(score, self.bundle.net, [x], self.bundle.device)
         maps = None
         if payload["explain"]:
-            maps = await asyncio.to_thread(saliency, self.bundle.net, x.to(self.bundle.device), self.explain)
+            window = (self.bundle.preprocess.hu_min, self.bundle.preprocess.hu_max)
+            maps = await asyncio.to_thread(saliency, self.bundle.net, x.to(self.bundle.device), self.explain, window)
         return {**payload, "logits": logits, "maps": maps}
 
     async def postprocess(self, result: dict, headers=None, response_headers=None):

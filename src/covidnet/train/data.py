@@ -29,6 +29,8 @@ class TensorSet:
             axis (the volume rolls; 0: none).
         intensity: with ``augment``, a random gain ``1 + u`` and offset ``u / 4``, ``u`` uniform
             in ``[-intensity, intensity]`` (a scanner's calibration; 0: none).
+        zoom: with ``augment``, a random in-plane scale ``1 + u`` about the slice centre, ``u``
+            uniform in ``[-zoom, zoom]``, trilinear, edges continued (another field of view; 0: none).
 
     Raises:
         TrainDataError: an unknown label (on construction); a tensor that cannot be read,
@@ -36,7 +38,7 @@ class TensorSet:
     """
 
     def __init__(self, index: pd.DataFrame, root: Path, shape: tuple[int, ...], augment: bool = False,
-                 seed: int = 0, shift: int = 0, intensity: float = 0.0) -> None:
+                 seed: int = 0, shift: int = 0, intensity: float = 0.0, zoom: float = 0.0) -> None:
         self.rows = index.reset_index(drop=True)
         self.root = Path(root)
         self.shape = tuple(shape)
@@ -44,6 +46,7 @@ class TensorSet:
         self.seed = seed
         self.shift = shift
         self.intensity = intensity
+        self.zoom = zoom
         self.epoch = 0
         bad = sorted(set(self.rows["label"]) - set(LABEL_TO_INT))
         if bad:
@@ -77,7 +80,22 @@ class TensorSet:
             if self.intensity:
                 u = float(g.uniform(-self.intensity, self.intensity))
                 x = (x * np.float32(1.0 + u) + np.float32(u / 4)).astype(np.float32)
+            if self.zoom:
+                x = zoom_in_plane(x, 1.0 + float(g.uniform(-self.zoom, self.zoom)))
         return torch.from_numpy(x), torch.tensor(self.labels[i]), i
+
+
+def zoom_in_plane(x: np.ndarray, scale: float) -> np.ndarray:
+    """``x (1, D, H, W)`` scaled by ``scale`` in each slice about its centre (> 1 enlarges), same shape.
+
+    Linear interpolation; voxels mapped from outside the volume take the nearest edge value.
+    """
+    from scipy.ndimage import affine_transform
+
+    centre = (np.asarray(x.shape[1:], dtype=np.float64) - 1) / 2
+    matrix = np.array([1.0, 1.0 / scale, 1.0 / scale])
+    out = affine_transform(x[0], matrix, offset=centre - matrix * centre, order=1, mode="nearest")
+    return out[None].astype(np.float32)
 
 
 def collate(items):

@@ -117,7 +117,7 @@ def train_model(index: pd.DataFrame, paths: TrainPaths, model_params, params: Tr
         raise TrainDataError(f"the train split holds one class only ({sorted(train_rows['label'].unique())}): "
                              "a classifier needs both")
     train_set = TensorSet(train_rows, paths.preprocessed, shape, params.augment, params.seed, params.shift,
-                          params.intensity)
+                          params.intensity, params.zoom)
     val_set = TensorSet(val_rows, paths.preprocessed, shape)
 
     torch.manual_seed(params.seed)

@@ -31,6 +31,7 @@ class TrainParams:
             ``intensity``, also random in-plane shifts and gain/offset (:class:`covidnet.train.data.TensorSet`).
         shift: the largest in-plane shift in voxels (0: none).
         intensity: the gain's largest deviation from 1 (0: none).
+        zoom: the in-plane scale's largest deviation from 1 (0: none).
         weight_decay: Adam's L2 penalty (the paper: none).
         device: ``auto``, ``cpu`` or ``cuda``.
         schedule: the learning rate over the run: ``constant`` (the paper) or ``cosine``
@@ -54,6 +55,7 @@ class TrainParams:
     augment: bool
     shift: int
     intensity: float
+    zoom: float
     weight_decay: float
     device: str
     schedule: str
@@ -65,9 +67,9 @@ class TrainParams:
             raise ValueError(f"train.schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
         if not 0.0 <= self.lr_floor <= 1.0:
             raise ValueError(f"train.lr_floor must be in [0, 1], got {self.lr_floor}")
-        if self.shift < 0 or self.intensity < 0 or self.weight_decay < 0:
-            raise ValueError(f"train.shift, train.intensity and train.weight_decay must be >= 0, got {self.shift}, "
-                             f"{self.intensity}, {self.weight_decay}")
+        if self.shift < 0 or self.intensity < 0 or self.weight_decay < 0 or not 0 <= self.zoom < 1:
+            raise ValueError(f"train.shift, train.intensity and train.weight_decay must be >= 0 and train.zoom in "
+                             f"[0, 1), got {self.shift}, {self.intensity}, {self.weight_decay}, {self.zoom}")
         if self.threads < 0:
             raise ValueError(f"train.threads must be >= 0, got {self.threads}")
         for name in ("epochs", "batch_size", "patience"):

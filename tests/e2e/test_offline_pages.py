@@ -34,7 +34,7 @@ def test_dvc_plots_page_renders_every_plot_offline(tmp_path):
     page = (out / "index.html").as_uri()
     dom = rendered_dom(page, tmp_path / "profile")
     assert "cdn.jsdelivr" not in (out / "index.html").read_text()
-    assert dom.count('class="marks"') == 2, "the training curve and the ROC are drawn"
+    assert dom.count('class="marks"') == 3, "loss and AUC per epoch and the ROC are drawn"
     assert "SYNTHETIC" in dom
     assert inked(screenshot(page, tmp_path / "profile2", tmp_path / "plots.png")) > 0.01
 

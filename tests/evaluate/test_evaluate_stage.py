@@ -64,7 +64,7 @@ def test_contract_and_outputs(tmp_path):
                              features=np.random.default_rng(0).normal(size=(80, 16)))
     out = tmp_path / "out"
     for name in OUTPUT_FILES:
-        assert (out / name).is_file(), name
+        assert (out / name).is_file() == (name != "saliency.png"), name  # no maps given: no saliency figure
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(m))
     assert {"n", "n_positive", "threshold", "accuracy", "auc", "covid", "non_covid", "confusion", "per_hospital",
@@ -86,7 +86,33 @@ def test_contract_and_outputs(tmp_path):
     # a later run without features leaves no stale t-SNE behind, and no temporary folders
     evaluate_predictions(preds, FAST, out, synthetic=False, title="external")
     assert not (out / "tsne.png").exists() and "not synthetic" in (out / "report.md").read_text()
-    assert sorted(p.name for p in out.iterdir()) == sorted(set(OUTPUT_FILES) - {"tsne.png"})
+    assert sorted(p.name for p in out.iterdir()) == sorted(set(OUTPUT_FILES) - {"tsne.png", "saliency.png"})
+
+
+def test_the_report_reads_the_lesion_check_against_its_anchors(tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = lambda value, lo, hi: {"value": value, "ci": [lo, hi]}  # noqa: E731
+    summary = {"method": "gradient_x_input", "layer": None, "baseline_hu": -850.0, "rim": 1, "n_maps": 80,
+               "n_true_positives": 30, "n_checked": 28, "share": fig(0.30, 0.25, 0.35),
+               "chance": fig(0.08, 0.07, 0.09), "enrichment": fig(3.75, 3.1, 4.4),
+               "anchors": {"density": {"n_checked": 28, "enrichment": fig(4.3, 3.9, 4.7)},
+                           "gradient": {"n_checked": 28, "enrichment": fig(1.12, 1.0, 1.2)}}}
+    png = tmp_path / "maps.png"
+    Figure(figsize=(1, 1)).savefig(png)
+    m = evaluate_predictions(_small(), FAST, tmp_path / "out", synthetic=True, title="external", saliency=summary,
+                             saliency_figure=png)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert (tmp_path / "out" / "saliency.png").is_file() and "saliency.png" in md
+    assert "reference -850 HU" in md and "**3.75x chance (95% CI 3.10-4.40)**" in md
+    assert "within 1 of the lung's edge left out" in md
+    assert "density alone (the volume minus aerated lung, no model) gets 4.30x chance" in md
+    assert "gradient alone gets 1.12x chance" in md
+    assert m["saliency"] == summary
+    from covidnet.evaluate.figures import flat_metrics
+
+    flat = flat_metrics(m)
+    assert flat["saliency_enrichment"] == 3.75 and flat["saliency_density_enrichment_ci_lo"] == 3.9
 
 
 def test_per_hospital_matrices(tmp_path):

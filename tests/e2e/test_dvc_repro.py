@@ -161,6 +161,11 @@ def test_model_summary_cli():
     out = run(["covidnet", "model", "summary", "--builders", "paper", "cpu"], REPO).stdout
     paper = next(line for line in out.splitlines() if line.startswith("paper"))
     assert "1x64x384x384" in paper and abs(float(paper.split()[3]) - 463) < 10  # ~0.46 TFLOP (DESIGN.md)
+    configured = next(line for line in out.splitlines() if line.startswith("params.yaml (default)"))
+    import yaml
+
+    shape = yaml.safe_load((REPO / "params.yaml").read_text())["model"]["input_shape"]
+    assert "x".join(map(str, shape)) in configured  # the model params.yaml trains, with its overrides
 
 
 def test_evaluate_predictions_file_cli(tmp_path):

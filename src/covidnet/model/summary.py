@@ -29,19 +29,27 @@ def count_flops(model: nn.Module, input_shape: Sequence[int]) -> int:
     return int(counter.get_total_flops())
 
 
-def model_summary(builders: Sequence[str] = BUILDERS) -> list[dict[str, Any]]:
+def model_summary(builders: Sequence[str] = BUILDERS, configured: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Parameters and forward FLOPs per volume of each builder at its native input.
 
     Builds on the meta device: nothing is allocated, so the paper size is cheap.
 
+    Args:
+        configured: ``{row name: ModelParams}``, models as a params file configures them
+            (a builder with overrides), shown after the builders.
+
     Returns:
-        One dict per builder: ``builder``, ``input_shape``, ``parameters``, ``flops``
+        One dict per row: ``builder``, ``input_shape``, ``parameters``, ``flops``
         (forward, per volume), ``num_features``.
     """
+    from covidnet.model.builders import build_model
+
     rows = []
-    for name in builders:
+    models = [(name, lambda name=name: build(name)) for name in builders]
+    models += [(name, lambda p=p: build_model(p)) for name, p in (configured or {}).items()]
+    for name, make in models:
         with torch.device("meta"):
-            model = build(name)
+            model = make()
         rows.append({
             "builder": name,
             "input_shape": list(model.input_shape),
@@ -54,9 +62,10 @@ def model_summary(builders: Sequence[str] = BUILDERS) -> list[dict[str, Any]]:
 
 def format_summary(rows: list[dict[str, Any]]) -> str:
     """A plain-text table of :func:`model_summary` rows."""
-    lines = [f"{'builder':<10} {'input':<18} {'parameters':>14} {'GFLOP/volume':>14} {'features':>9}"]
+    width = max(10, *(len(r["builder"]) for r in rows))
+    lines = [f"{'builder':<{width}} {'input':<18} {'parameters':>14} {'GFLOP/volume':>14} {'features':>9}"]
     for r in rows:
         shape = "x".join(str(s) for s in r["input_shape"])
-        lines.append(f"{r['builder']:<10} {shape:<18} {r['parameters']:>14,} {r['flops'] / 1e9:>14.1f} "
+        lines.append(f"{r['builder']:<{width}} {shape:<18} {r['parameters']:>14,} {r['flops'] / 1e9:>14.2f} "
                      f"{r['num_features']:>9}")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ def test_unknown_profile_names_known_ones():
 
 
 def test_wrong_type_names_file_and_key(tmp_path):
-    text = (REPO / "params.yaml").read_text().replace("depth: 32 ", "depth: deep ")
+    text = (REPO / "params.yaml").read_text().replace("depth: 24 ", "depth: deep ")
     bad = tmp_path / "params.yaml"
     bad.write_text(text)
     with pytest.raises(ParamsError, match=r"params.yaml: preprocess.depth: expected an integer, got 'deep'"):

@@ -197,7 +197,8 @@ def test_build_model_from_tiny_profile():
     y = model(torch.rand(2, *model.input_shape))
     assert y.shape == (2, 1)
     default = section(load_params(REPO / "params.yaml"), "model", ModelParams)
-    assert default.builder == "cpu" and default.overrides() == {}
+    assert default.builder == "cpu"
+    assert default.overrides()["input_shape"] == (1, 24, 48, 48)  # the default profile's sizes (params.yaml comments)
     paper = section(load_params(REPO / "params.yaml", profile="paper"), "model", ModelParams)
     assert paper.builder == "paper"
 
@@ -222,7 +223,7 @@ def test_seeded_builds_are_identical():
     ({"order": "mid"}, r"model.order: 'mid' is not one of pre, post"),
     ({"input_shape": [8, 24, 24]}, r"model.input_shape: \(8, 24, 24\) must be \(1, D, H, W\)"),
     ({"growth_rate": "x"}, r"model.growth_rate: expected an integer, got 'x'"),
-    ({"norm": "group", "groups": 5}, r"model.groups: 5 does not divide the 24 channels of features.norm0"),
+    ({"norm": "group", "groups": 5}, r"model.groups: 5 does not divide the 32 channels of features.norm0"),
 ])
 def test_bad_params_name_field_and_value(overrides, message):
     params = load_params(REPO / "params.yaml")

@@ -22,7 +22,8 @@ PARAMS_FILE = REPO / "params.yaml"
 
 def _tiny(**changes: object) -> SynthParams:
     params = section(load_params(PARAMS_FILE, profile="tiny"), "synth", SynthParams)
-    changes = {"n_patients": 6, "scans_per_patient": (1, 2), **changes}
+    # compressed_fraction: enough that 6 patients hold compressed series of several codecs
+    changes = {"n_patients": 6, "scans_per_patient": (1, 2), "compressed_fraction": 0.6, **changes}
     return dataclasses.replace(params, **changes)
 
 

@@ -40,4 +40,4 @@ def test_params_validated(path: tuple, value: object, message: str) -> None:
 
 def test_params_yaml_synth_section_matches_dataclass() -> None:
     params = section(load_params(PARAMS_FILE), "synth", SynthParams)
-    assert params.n_patients == 60 and len(params.hospitals) == 4
+    assert params.n_patients == 410 and len(params.hospitals) == 4

@@ -200,14 +200,14 @@ def test_scan_for_unknown_patient(tmp_path, params):
 
 def test_spacing_out_of_range(tmp_path, params):
     _, _, series = _cohort()
-    series.loc[4, "pixel_spacing_mm"] = 7.5  # the selected series of study 1.2.3
+    series.loc[4, "pixel_spacing_mm"] = 12.5  # the selected series of study 1.2.3
     report, out = _run(tmp_path, params, series=series)
     (failure,) = _one_failure(report, "pixel_spacing_mm")
     assert failure.examples[0]["study_uid"] == "1.2.3" and failure.examples[0]["row"] == 4
     low, high = params.pixel_spacing_mm
     assert (
         f"series table: column 'pixel_spacing_mm' has 1 value(s) outside [{low}, {int(high)}]: "
-        "7.5 (patient P02, series 1.2.3.1)"
+        "12.5 (patient P02, series 1.2.3.1)"
     ) in report.format()
     summary = json.loads((out / "results.json").read_text())
     (entry,) = summary["suites"]["series"]["failed_expectations"]

@@ -78,11 +78,62 @@ def test_second_repro_does_nothing(repro):
     assert json.loads(status.stdout or "{}") == {}
 
 
+def _lock_outs(proj: Path) -> dict[str, str]:
+    import yaml
+
+    stages = yaml.safe_load((proj / "dvc.lock").read_text())["stages"]
+    return {o["path"]: o["md5"] for st in stages.values() for o in st.get("outs", [])}
+
+
+# Outputs that record when and as which run they were made, so differ between two identical runs.
+RUN_RECORDS = {"reports/validation", "reports/train/run.json"}
+
+
 @pytest.mark.slow
-def test_metrics_show_cohort_counts(repro):
+def test_forced_train_gives_the_same_weights_and_figures(repro):
+    """`dvc repro -f train` again (it reruns synth to train): the same weights.pt to the bit, and every
+    output but the run records has the hash dvc.lock had, so evaluate does not even rerun."""
+    import hashlib
+
+    proj, _ = repro
+    before = _lock_outs(proj)
+    weights = hashlib.md5((proj / "models/covidnet/weights.pt").read_bytes()).hexdigest()
+    forced = run(["dvc", "repro", "-f", "train"], proj)
+    assert "Running stage 'train'" in forced.stdout and "Running stage 'synth'" in forced.stdout
+    assert hashlib.md5((proj / "models/covidnet/weights.pt").read_bytes()).hexdigest() == weights
+    after = _lock_outs(proj)
+    assert set(after) == set(before) and {"models/covidnet", "reports/metrics.json"} <= set(after)
+    assert {p for p in after if after[p] != before[p]} <= RUN_RECORDS
+    assert "Running stage 'evaluate'" not in run(["dvc", "repro"], proj).stdout
+
+
+@pytest.mark.slow
+def test_explanations_are_checked_against_the_planted_lesions(repro):
+    proj, _ = repro
+    split = pd.read_csv(proj / "data/interim/split.csv", dtype=str)
+    lesions = proj / "data/raw/manifest/lesions"
+    masks = sorted(lesions.glob("*.npy"))
+    assert masks and np.load(masks[0]).shape == (8, 24, 24)  # the tensor grid of the tiny profile
+    m = json.loads((proj / "reports/evaluate/test/metrics.json").read_text())
+    sal = m["saliency"]
+    assert sal["method"] == "gradient_x_input" and sal["n_maps"] == m["n"]
+    with np.load(proj / "reports/evaluate/test/saliency.npz") as maps:
+        assert len(maps.files) == m["n"] and maps[maps.files[0]].shape == (8, 24, 24)
+    assert "phantom_ceiling" in m and 0.5 <= m["phantom_ceiling"]["auc"]["value"] <= 1.0
+    assert len(split) > 0
+
+
+@pytest.mark.slow
+def test_metrics_show_the_headline_and_the_cohort_counts_are_beside_it(repro):
     proj, _ = repro
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], proj).stdout)
-    metrics = next(iter(shown.values()))["data"]["reports/metrics/cohort.json"]["data"]
+    data = next(iter(shown.values()))["data"]
+    assert set(data) == {"reports/metrics.json"}  # one short headline file; the detail lives in reports/
+    headline = data["reports/metrics.json"]["data"]
+    assert set(headline) == {"test", "external"} and set(headline["test"]) <= {"auc", "auc_lo", "sens", "spec"}
+    table = run(["dvc", "metrics", "show"], proj).stdout
+    assert max(len(line) for line in table.splitlines()) <= 150  # one row a terminal shows whole
+    metrics = json.loads((proj / "reports/metrics/cohort.json").read_text())
     assert metrics["synthetic"] is True
     rec, inc = metrics["recruited"], metrics["included"]
     assert rec["covid"]["patients"] + rec["non_covid"]["patients"] == 16  # tiny: synth.n_patients

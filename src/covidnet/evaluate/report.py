@@ -235,7 +235,7 @@ def write_report(folder: Path, metrics: dict[str, Any], roc: pd.DataFrame, curve
         plot_tsne(embedding, labels, wrong, folder / "tsne.png", syn)
         images.append("tsne.png")
     blocks = build_blocks(metrics, images, tsne_note)
-    if "phantom_ceiling" in metrics:
+    if (metrics.get("phantom_ceiling") or {}).get("auc", {}).get("value") is not None:  # undefined on one class
         c = metrics["phantom_ceiling"]["auc"]
         ci = f" (95% CI {c['ci'][0]:.3f}-{c['ci'][1]:.3f})" if c.get("ci") else ""
         blocks.append(("p", f"**Phantom ceiling**: the planted finding patterns themselves reach AUC {c['value']:.3f}{ci} "

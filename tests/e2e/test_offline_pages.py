@@ -24,13 +24,42 @@ BIN = Path(sys.executable).parent
 TEMPLATE = REPO / ".dvc" / "plots" / "offline.html"
 
 
+def _plots_project(tmp: Path) -> Path:
+    """A DVC project holding the repository's `plots` definitions and the files they draw.
+
+    A fresh clone has the training curve (tracked in git) but not the ROC (an output of
+    `dvc repro`), and DVC writes no page when a plot's file is missing; so the curve is
+    copied and the ROC is written by the evaluate code itself from made-up scores.
+    """
+    import yaml
+
+    from covidnet.evaluate.params import EvaluateParams
+    from covidnet.evaluate.stage import evaluate_predictions
+
+    project = tmp / "project"
+    (project / "reports/train").mkdir(parents=True)
+    plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+    (project / "dvc.yaml").write_text(yaml.safe_dump({"plots": plots}))
+    curve = REPO / "reports/train/curve.csv"
+    (project / "reports/train/curve.csv").write_text(curve.read_text())
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 2, 40)
+    preds = pd.DataFrame({"patient_id": [f"p{i}" for i in range(40)], "label": label,
+                          "score": np.clip(0.3 * label + rng.uniform(0, 0.7, 40), 0, 1)})
+    evaluate_predictions(preds, EvaluateParams(bootstrap=50), project / "reports/evaluate/test", synthetic=True,
+                         title="test")
+    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=project, check=True, capture_output=True)
+    return project
+
+
 def test_dvc_plots_page_renders_every_plot_offline(tmp_path):
     if not TEMPLATE.is_file():
         pytest.skip(f"{TEMPLATE} not built: scripts/setup-env.sh builds it when npm is installed")
+    project = _plots_project(tmp_path)
     out = tmp_path / "plots"
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    subprocess.run([str(BIN / "dvc"), "plots", "show", "--html-template", str(TEMPLATE), "-o", str(out)], cwd=REPO,
-                   env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run([str(BIN / "dvc"), "plots", "show", "--html-template", str(TEMPLATE), "-o", str(out)],
+                   cwd=project, env=env, check=True, capture_output=True, timeout=300)
     page = (out / "index.html").as_uri()
     dom = rendered_dom(page, tmp_path / "profile")
     assert "cdn.jsdelivr" not in (out / "index.html").read_text()

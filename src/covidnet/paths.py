@@ -43,3 +43,9 @@ class Paths:
         """Paths from params, with any non-None keyword overriding its field."""
         base = section(params, "paths", cls)
         return dataclasses.replace(base, **{k: Path(v) for k, v in overrides.items() if v is not None})
+
+    def run_records(self) -> frozenset[Path]:
+        """The outputs that record a run, not its result, so they differ between identical runs:
+        Great Expectations' run times (``validation``), the MLflow run id (``train_report/run.json``)
+        and the registry version the model got (``decision``)."""
+        return frozenset({self.validation, self.train_report / "run.json", self.decision})

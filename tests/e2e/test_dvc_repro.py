@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from covidnet.params import load_params
+from covidnet.paths import Paths
 from support import REPO
 
 BIN = Path(sys.executable).parent
@@ -86,7 +88,7 @@ def _lock_outs(proj: Path) -> dict[str, str]:
 
 
 # Outputs that record when and as which run they were made, so differ between two identical runs.
-RUN_RECORDS = {"reports/validation", "reports/train/run.json"}
+RUN_RECORDS = {str(p) for p in Paths.from_params(load_params(REPO / "params.yaml")).run_records()}
 
 
 @pytest.mark.slow
@@ -102,7 +104,7 @@ def test_forced_train_gives_the_same_weights_and_figures(repro):
     assert "Running stage 'train'" in forced.stdout and "Running stage 'synth'" in forced.stdout
     assert hashlib.md5((proj / "models/covidnet/weights.pt").read_bytes()).hexdigest() == weights
     after = _lock_outs(proj)
-    assert set(after) == set(before) and {"models/covidnet", "reports/metrics.json"} <= set(after)
+    assert set(after) == set(before) and {"models/covidnet", "reports/headline"} <= set(after)
     assert {p for p in after if after[p] != before[p]} <= RUN_RECORDS
     assert "Running stage 'evaluate'" not in run(["dvc", "repro"], proj).stdout
 
@@ -128,11 +130,13 @@ def test_metrics_show_the_headline_and_the_cohort_counts_are_beside_it(repro):
     proj, _ = repro
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], proj).stdout)
     data = next(iter(shown.values()))["data"]
-    assert set(data) == {"reports/metrics.json"}  # one short headline file; the detail lives in reports/
-    headline = data["reports/metrics.json"]["data"]
-    assert set(headline) == {"test", "external"} and set(headline["test"]) <= {"auc", "auc_lo", "sens", "spec"}
+    # a short file per test set; the detail lives in reports/evaluate/
+    assert set(data) == {"reports/headline/test.json", "reports/headline/external.json"}
+    test = data["reports/headline/test.json"]["data"]
+    assert set(test) <= {"auc", "auc_lo", "sens", "spec", "n"} and {"auc", "n"} <= set(test)
+    assert test["n"] == len(pd.read_csv(proj / "reports/evaluate/test/predictions.csv"))
     table = run(["dvc", "metrics", "show"], proj).stdout
-    assert max(len(line) for line in table.splitlines()) <= 150  # one row a terminal shows whole
+    assert max(len(line) for line in table.splitlines()) <= 80  # a row per set, in any terminal
     metrics = json.loads((proj / "reports/metrics/cohort.json").read_text())
     assert metrics["synthetic"] is True
     rec, inc = metrics["recruited"], metrics["included"]

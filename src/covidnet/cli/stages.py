@@ -60,7 +60,7 @@ def output_overrides(stage: Stage, given: dict[str, Path]) -> dict[str, Path]:
 
 
 #: File outputs: the suffix a derived one gets.
-_SUFFIX = {"metrics": ".json", "calibrator": ".json", "headline": ".json", "split": ".csv", "decision": ".json"}
+_SUFFIX = {"metrics": ".json", "calibrator": ".json", "split": ".csv", "decision": ".json"}
 
 
 def _synth(params, paths, args):
@@ -172,7 +172,7 @@ STAGES: dict[str, Stage] = {
         (("--out", "evaluation", "output folder"), ("--model", "model", "trained model folder"),
          ("--preprocessed", "preprocessed", "preprocessed tensors folder"),
          ("--calibrator", "calibrator", "calibrator fitted on the validation split (JSON)"),
-         ("--headline", "headline", "headline figures of every set (JSON, the dvc metrics file)")),
+         ("--headline", "headline", "folder: the headline figures, <set>.json each (the dvc metrics)")),
         ("evaluation", "calibrator", "headline"), _evaluate),
     "promote": Stage(
         "Register the trained model (the MLflow run its model card names) as a new version of "

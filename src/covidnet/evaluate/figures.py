@@ -161,7 +161,8 @@ HEADLINE = {"auc": ("auc", "value"), "auc_lo": ("auc", "lo"), "sens": ("covid.se
 
 
 def headline(metrics: dict[str, Any], digits: int = 3) -> dict[str, float]:
-    """:data:`HEADLINE` of one set's metrics, rounded to ``digits``; an undefined figure is left out."""
+    """:data:`HEADLINE` of one set's metrics, rounded to ``digits``, and its patient count ``n``; an
+    undefined figure is left out."""
     out: dict[str, float] = {}
     for name, (dotted, part) in HEADLINE.items():
         fig: Any = metrics
@@ -170,6 +171,7 @@ def headline(metrics: dict[str, Any], digits: int = 3) -> dict[str, float]:
         value = fig.get("value") if part == "value" else (fig.get("ci") or [None])[0]
         if value is not None:
             out[name] = round(float(value), digits)
+    out["n"] = int(metrics["n"])
     return out
 
 

@@ -163,7 +163,7 @@ def log_to_mlflow(metrics: dict[str, Any], out_dir: Path | str) -> None:
     run = contextlib.nullcontext() if mlflow.active_run() is not None else mlflow.start_run()
     with run:
         title = metrics["title"]
-        mlflow.log_metrics({f"{title}.{k}": v for k, v in {**headline(metrics), "n": metrics["n"]}.items()})
+        mlflow.log_metrics({f"{title}.{k}": v for k, v in headline(metrics).items()})
         mlflow.set_tags({f"{metrics['title']}_synthetic": str(metrics["synthetic"]).lower(),
                          f"{metrics['title']}_threshold": str(metrics["threshold"])})
         for name in OUTPUT_FILES:
@@ -215,8 +215,9 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
         sets: the splits to evaluate (test sets keep each patient's first scan).
         run_id: the MLflow run that trained the model (its figures are logged there), or None
             (an untracked model: nothing is logged).
-        headline_path: where the headline figures of every set go (``{set: {auc, auc_lo, sens,
-            spec}}``, the ``dvc metrics`` file); ``out_dir/metrics.json`` has every figure.
+        headline_path: a folder for the headline figures, ``<set>.json`` each (``{auc, auc_lo,
+            sens, spec, n}``: what ``dvc metrics show`` prints, a row per set);
+            ``out_dir/metrics.json`` has every figure.
         explain: :class:`covidnet.model.explain.ExplainParams`: a saliency map of every scan of
             each set (``<set>/saliency.npz``), checked against ``lesions_dir``'s planted lesions
             (:mod:`covidnet.evaluate.saliency`); None: no maps.
@@ -286,7 +287,9 @@ def evaluate_model(index: pd.DataFrame, preprocessed: Path | str, model_dir: Pat
         atomic.write_csv(folder / "predictions.csv", preds)
     atomic.write_json(out_dir / "metrics.json", {name: flat_metrics(m) for name, m in results.items()})
     if headline_path is not None:
-        atomic.write_json(headline_path, {name: headline(m) for name, m in results.items()})
+        with atomic.atomic_path(headline_path, directory=True) as tmp:
+            for name, m in results.items():
+                atomic.write_json(tmp / f"{name}.json", headline(m))
     run_id = run_id or card.mlflow_run_id
     if run_id:
         import mlflow

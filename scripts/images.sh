@@ -133,13 +133,8 @@ wheelhouse_dir() {
   echo "$CACHE/wheelhouse/$key"
 }
 
-# pip, without the warnings about this machine's on-disk indexes that lack a package (pip's config names them).
-pip_quiet() {
-  local status
-  "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" >&2 || true; }
-  status=${PIPESTATUS[0]}
-  return "$status"
-}
+# shellcheck source=lib/pip.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/pip.sh"
 
 wheelhouse() {
   local t0=$SECONDS dir tmp bin

@@ -4,12 +4,14 @@
 # torch pulled in as someone's dependency would be a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/pip.sh
+. scripts/lib/pip.sh
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
   || { echo "setup-env: Python 3.11 is required, found $("$PY" --version 2>&1)" >&2; exit 1; }
 
-stamp_of() { cat requirements.lock pyproject.toml scripts/setup-env.sh web/package-lock.json scripts/offline_plots.py \
+stamp_of() { cat requirements.lock pyproject.toml scripts/setup-env.sh scripts/lib/pip.sh web/package-lock.json scripts/offline_plots.py \
   | sha256sum | cut -c1-16; }
 
 # The page `dvc plots show` renders into, with vega inside it (it opens offline): from the npm
@@ -29,10 +31,10 @@ if [ -f .venv/.covidnet-stamp ] && [ "$(cat .venv/.covidnet-stamp)" = "$want" ];
 fi
 echo "setup-env: installing the environment into .venv (a few minutes the first time)" >&2
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip==24.3.1"
-.venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
-.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.lock
-.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
-.venv/bin/python -m pip check >&2
+pip_quiet .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip==24.3.1"
+pip_quiet .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.13.0"
+pip_quiet .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.lock
+pip_quiet .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+pip_quiet .venv/bin/python -m pip check
 offline_plots
 echo "$want" > .venv/.covidnet-stamp

@@ -75,7 +75,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import gc
 import json
 import logging
 import os
@@ -102,20 +101,9 @@ PROB_TOL = 1e-2
 # ----------------------------------------------------------------------------- helpers
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_gib(device: torch.device) -> float | None:
-    return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
+# the single-GPU benchmark's helpers (benchmarks/ is on sys.path when a script in it runs)
+from gpu import _peak_gib, _sync  # noqa: E402
+from gpu import _reset_memory as _free  # noqa: E402
 
 
 def _timed(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> dict[str, float]:

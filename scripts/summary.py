@@ -17,8 +17,12 @@ def _size(path: Path) -> str:
 
 
 def _reproduced(paths: Paths) -> str:
-    """Whether this run's outputs have the hashes the committed dvc.lock records (the model, the metrics);
-    the run records (:meth:`covidnet.paths.Paths.run_records`) are left out, being different every run."""
+    """Whether this run's outputs have the hashes the committed dvc.lock records (the model, the metrics).
+
+    Left out, being different every run: the run records (:meth:`covidnet.paths.Paths.run_records`)
+    and each evaluated set's folder, whose report names the training run, the commit and the time
+    it was written; every figure of those folders is in ``evaluation/metrics.json``, which is compared.
+    """
     import subprocess
 
     import yaml
@@ -34,10 +38,11 @@ def _reproduced(paths: Paths) -> str:
 
     before, now = outs(committed), outs(Path("dvc.lock").read_text())
     records = {str(p) for p in paths.run_records()}
-    differ = sorted(p for p in now if p in before and before[p] != now[p] and p not in records)
+    stamped = {p for p in now if p.startswith(f"{paths.evaluation}/") and p != str(paths.evaluation / "metrics.json")}
+    differ = sorted(p for p in now if p in before and before[p] != now[p] and p not in records | stamped)
     if not differ:
-        return (f"every output has the committed dvc.lock's hash (model and metrics included), "
-                f"but the run records ({', '.join(sorted(records))})")
+        return (f"every output has the committed dvc.lock's hash (model and metrics included), but the run "
+                f"records ({', '.join(sorted(records))}) and the reports' provenance ({', '.join(sorted(stamped))})")
     return f"{len(differ)} output(s) differ from the committed dvc.lock: {', '.join(differ[:6])}"
 
 

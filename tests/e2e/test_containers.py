@@ -37,19 +37,11 @@ from covidnet.kfp.components import stages
 from covidnet.kfp.params import pipeline_params
 from covidnet.kfp.pytorchjob import pytorchjob_manifest
 from covidnet.params import ParamsError, load_params
-from support import REPO
-from support.podman import docker_runner, images, open_to_the_image_user, podman, podman_session, wait_ready
+from support import REPO, params_with
+from support.podman import docker_runner, open_to_the_image_user, podman, podman_session, wait_ready
 
 PARAMS = REPO / "params.yaml"
 TINY_TASKS = {"synth", "validate", "exclude", "split", "preprocess", "train", "evaluate", "promote"}
-
-
-def _params_with(tmp_path: Path, edit) -> Path:
-    raw = yaml.safe_load(PARAMS.read_text())
-    edit(raw)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
 
 
 def _executors(path: Path) -> dict:
@@ -79,7 +71,7 @@ def test_one_edit_of_pipeline_image_moves_every_task(tmp_path):
     def edit(raw):
         raw["pipeline"]["image"] = {"cpu": digest, "cuda": "registry.example.org:5000/ml/covidnet:0.1.0-cuda"}
 
-    params = _params_with(tmp_path, edit)
+    params = params_with(tmp_path, edit)
     for name in ("covidnet-synthetic", "covidnet-pytorchjob", "covidnet-monitor"):
         execs = _executors(kp.compile_pipeline(name, tmp_path / f"{name}.yaml", params))
         assert {ex["container"]["image"] for k, ex in execs.items() if k != "exec-train"} == {digest}, name
@@ -97,7 +89,7 @@ def test_one_edit_of_pipeline_image_moves_every_task(tmp_path):
                                                            "pipeline.image.cuda"),
 ])
 def test_bad_image_settings_name_the_key(tmp_path, edit, message):
-    params = _params_with(tmp_path, lambda raw: edit(raw["pipeline"]))
+    params = params_with(tmp_path, lambda raw: edit(raw["pipeline"]))
     with pytest.raises(ParamsError, match=re.escape(message)):
         pipeline_params(load_params(params))
 
@@ -154,7 +146,7 @@ def _cpu_train(tmp_path: Path, session, edit=None) -> Path:
         if edit:
             edit(raw)
 
-    return _params_with(tmp_path, change)
+    return params_with(tmp_path, change)
 
 
 @pytest.mark.slow
@@ -222,7 +214,7 @@ def test_monitor_pipeline_runs_in_containers(session, tmp_path, monkeypatch, cap
     plog.append(rows(version, 60, t0 + dt.timedelta(days=1), seed=2, noise=35.0))
     plog.close()
     monkeypatch.delenv(load_params(PARAMS)["monitor"]["log"]["url_env"], raising=False)
-    params = _params_with(tmp_path, lambda raw: raw["paths"].update(
+    params = params_with(tmp_path, lambda raw: raw["paths"].update(
         {"predlog": str(db), "model": str(model), "monitor": str(root / "unused")}))
 
     calm, log = _container_run(monkeypatch, session, root, "covidnet-monitor", params, "default",

@@ -25,8 +25,10 @@ from support.orthanc import (
     identifiers,
     orthanc_missing,
     pacs_env,
+    studies_with_status,
     study_uid_of,
     train_tiny_model,
+    wait_until,
     write_params,
 )
 
@@ -35,20 +37,7 @@ ROOT = "1.2.826.0.1.3680043.8.498.1.13."
 
 
 def _finished(db) -> int:
-    try:
-        with sqlite3.connect(db) as conn:
-            return conn.execute("SELECT COUNT(*) FROM pacs_studies WHERE status IN ('done', 'unanalysable')").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
-def _wait(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out: {what}")
+    return studies_with_status(db, "done", "unanalysable")
 
 
 def test_studies_pushed_by_c_store_get_one_result_each(tmp_path, monkeypatch):
@@ -67,10 +56,10 @@ def test_studies_pushed_by_c_store_get_one_result_each(tmp_path, monkeypatch):
                 [sys.executable, "-m", "covidnet.cli.main", "pacs", "listen", "--port", str(port), "--params",
                  str(params), "--model-dir", str(model)], stdout=out, stderr=subprocess.STDOUT, env=pacs_env())
         try:
-            _wait(lambda: _echo(orthanc), 60, f"the SCP answers C-ECHO:\n{log_path.read_text()[-2000:]}")
+            wait_until(lambda: _echo(orthanc), 60, f"the SCP answers C-ECHO:\n{log_path.read_text()[-2000:]}")
             for uid in uids.values():
                 orthanc.post("/modalities/covidnet/store", {"Resources": [orthanc.study_id(uid)], "Synchronous": True})
-            _wait(lambda: _finished(tmp_path / "predlog.db") == 3, 120, f"3 studies:\n{log_path.read_text()[-3000:]}")
+            wait_until(lambda: _finished(tmp_path / "predlog.db") == 3, 120, f"3 studies:\n{log_path.read_text()[-3000:]}")
             # the same study pushed again: nothing new
             orthanc.post("/modalities/covidnet/store", {"Resources": [orthanc.study_id(uids["ct0"])], "Synchronous": True})
             time.sleep(3.0)

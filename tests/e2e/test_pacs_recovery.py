@@ -31,8 +31,10 @@ from support.orthanc import (
     ct_study,
     orthanc_missing,
     pacs_env,
+    studies_with_status,
     study_uid_of,
     train_tiny_model,
+    wait_until,
     write_params,
 )
 
@@ -129,20 +131,7 @@ def test_pacs_outage_during_store_is_retried(pacs, model, monkeypatch, caplog):
 
 
 def _done(db) -> int:
-    try:
-        with sqlite3.connect(db) as conn:
-            return conn.execute("SELECT COUNT(*) FROM pacs_studies WHERE status = 'done'").fetchone()[0]
-    except sqlite3.OperationalError:  # the table is not there yet
-        return 0
-
-
-def _wait(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out: {what}")
+    return studies_with_status(db, "done")
 
 
 def test_killed_watcher_and_restarted_orthanc_leave_one_result_each(pacs, model):
@@ -154,7 +143,7 @@ def test_killed_watcher_and_restarted_orthanc_leave_one_result_each(pacs, model)
     with open(logs[0], "w") as out:
         first = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=pacs_env())
     try:
-        _wait(lambda: _done(pacs["db"]) >= 1, 120, "the first watcher analysed a study")
+        wait_until(lambda: _done(pacs["db"]) >= 1, 120, "the first watcher analysed a study")
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
@@ -163,11 +152,11 @@ def test_killed_watcher_and_restarted_orthanc_leave_one_result_each(pacs, model)
     with open(logs[1], "w") as out:
         second = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=pacs_env())
     try:
-        _wait(lambda: _done(pacs["db"]) > killed_at, 120, "the restarted watcher analysed a study")
+        wait_until(lambda: _done(pacs["db"]) > killed_at, 120, "the restarted watcher analysed a study")
         pacs["orthanc"].stop()
         time.sleep(2.0)
         pacs["orthanc"].start()
-        _wait(lambda: _done(pacs["db"]) == len(uids), 180, "every study analysed after Orthanc came back")
+        wait_until(lambda: _done(pacs["db"]) == len(uids), 180, "every study analysed after Orthanc came back")
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(timeout=60) == 0

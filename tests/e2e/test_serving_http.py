@@ -7,13 +7,11 @@ S3 study references are fetched from moto's S3 server on loopback (a real HTTP e
 """
 
 import base64
-import io
 import json
 import os
 import socket
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +38,7 @@ from support.server import (
     running_server,
     tiny_model,
     write_study,
+    zip_bytes,
 )
 from support.train import PRE, SHAPE
 
@@ -60,25 +59,6 @@ def _serve_params(**changes):
 
     return dataclasses.replace(section(load_params(REPO / "params.yaml"), "serve",
                                        ServeParams), **changes)
-
-
-
-
-
-
-
-
-
-
-
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +101,6 @@ def server(tmp_path_factory, s3):
                         {**os.environ, **s3["env"]}, tmp / "server.log") as base:
         yield {"base": base, "infer": f"{base}/v2/models/{NAME}/infer", "v1": f"{base}/v1/models/{NAME}:predict",
                "tmp": tmp, "log": tmp / "server.log"}
-
-
 
 
 def test_v2_study_zip(server, tmp_path):
@@ -243,9 +221,9 @@ def _bad_zip_cases(tmp: Path) -> dict:
         ds.Modality = "MR"
         ds.save_as(f)
     return {
-        "zip slip": (_zip({"../../evil.dcm": first}), "zip slip"),
-        "zip bomb": (_zip({"a.dcm": first, "zeros.bin": b"\0" * (2 * 1024 * 1024)}), "zip bomb"),
-        "non-DICOM": (_zip({"a.txt": b"hello", "b.png": b"\x89PNG...."}), "no DICOM files"),
+        "zip slip": (zip_bytes({"../../evil.dcm": first}), "zip slip"),
+        "zip bomb": (zip_bytes({"a.dcm": first, "zeros.bin": b"\0" * (2 * 1024 * 1024)}), "zip bomb"),
+        "non-DICOM": (zip_bytes({"a.txt": b"hello", "b.png": b"\x89PNG...."}), "no DICOM files"),
         "not a zip": (b"this is not a zip", "not a zip archive"),
         "MR": (zip_folder(mr), "modality MR is not CT"),
         "gap": (zip_folder(write_study(tmp / "gap", uid="gap", skip=(5, 6))), "gap in slice positions"),
@@ -289,10 +267,10 @@ def test_extract_zip_and_tensor_batch_unit(tmp_path):
     """The guards without a server: member count, absolute paths, shapes, NaN."""
     p = _serve_params(max_members=2, max_uncompressed_mb=1)
     with pytest.raises(ServeInputError, match="max_members"):
-        extract_zip(_zip({"a": b"1", "b": b"2", "c": b"3"}), tmp_path, p)
+        extract_zip(zip_bytes({"a": b"1", "b": b"2", "c": b"3"}), tmp_path, p)
     with pytest.raises(ServeInputError, match="zip slip"):
-        extract_zip(_zip({"/etc/passwd": b"1"}), tmp_path, p)
-    assert extract_zip(_zip({"d/a": b"1", "e/a": b"2"}), tmp_path, p) == 2
+        extract_zip(zip_bytes({"/etc/passwd": b"1"}), tmp_path, p)
+    assert extract_zip(zip_bytes({"d/a": b"1", "e/a": b"2"}), tmp_path, p) == 2
     assert tensor_batch(np.zeros(SHAPE), SHAPE).shape == (1, *SHAPE)
     with pytest.raises(ServeInputError, match="NaN"):
         tensor_batch(np.full(SHAPE, np.nan), SHAPE)

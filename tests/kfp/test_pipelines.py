@@ -12,7 +12,7 @@ from covidnet.cli import main as cli
 from covidnet.kfp import runner as kp
 from covidnet.kfp.params import pipeline_params
 from covidnet.params import ParamsError, load_params
-from support import REPO
+from support import REPO, params_with
 
 PARAMS = REPO / "params.yaml"
 SETTINGS = pipeline_params(load_params(PARAMS))
@@ -37,14 +37,6 @@ def _tasks(spec: dict) -> dict:
 
 def _k8s(spec: dict) -> dict:
     return spec.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {}).get("executors", {})
-
-
-def _params_with(tmp_path: Path, edit) -> Path:
-    raw = yaml.safe_load(PARAMS.read_text())
-    edit(raw)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
 
 
 @pytest.mark.parametrize("name", list(kp.PIPELINES))
@@ -138,7 +130,7 @@ def test_compile_follows_the_params(tmp_path):
         p["train"].update(checkpoint_pvc="covidnet-ckpt", checkpoint_dir="/checkpoints", nproc_per_node=2, retries=0)
         p["secrets"]["dvc_remote"]["name"] = "minio-creds"
 
-    out = kp.compile_pipeline("covidnet", tmp_path / "p.yaml", _params_with(tmp_path, edit))
+    out = kp.compile_pipeline("covidnet", tmp_path / "p.yaml", params_with(tmp_path, edit))
     spec = _load(out)
     train = _executors(spec)["exec-train"]["container"]["resources"]
     assert int(train["accelerator"]["resourceCount"]) == 2 and train["resourceCpuLimit"] == "12"
@@ -176,7 +168,7 @@ def test_bad_pipeline_params_name_key_and_value(tmp_path, capsys, key, value, me
             node = node[k]
         node[leaf] = value
 
-    params = _params_with(tmp_path, edit)
+    params = params_with(tmp_path, edit)
     assert cli.main(["pipeline", "compile", "--params", str(params), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert message in err and str(params) in err
@@ -366,7 +358,7 @@ def test_local_run_registers_a_model_and_writes_metrics(tmp_path, monkeypatch):
 def test_a_failing_stage_stops_the_local_run_and_leaves_no_partial_artifact(tmp_path, monkeypatch, capfd):
     """validate fails (no series can have 1000 slices): the run names the task, its log says why, its outputs are gone."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    params = _params_with(tmp_path, lambda raw: raw["profiles"]["tiny"]["validate"].update(slices=[1000, 2000]))
+    params = params_with(tmp_path, lambda raw: raw["profiles"]["tiny"]["validate"].update(slices=[1000, 2000]))
     root = tmp_path / "root"
     assert cli.main(["pipeline", "run", "--local", "--params", str(params), "--profile", "tiny",
                      "--pipeline-root", str(root)]) == 1

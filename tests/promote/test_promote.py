@@ -95,8 +95,9 @@ def test_gate_promotes_better_refuses_worse_and_rollback_restores(store, tmp_pat
     d1 = step("good", 0.3, 1, run_a)
     assert d1.promoted and d1.version == "1" and d1.previous_champion is None
     assert d1.aliases == {CHAMPION: "1"}
-    assert [r.name for r in d1.rules] == ["auc_lower", "sensitivity_lower", "champion_auc_difference"]
-    assert "no champion yet" in d1.rules[2].detail
+    assert [r.name for r in d1.rules] == ["auc_lower", "sensitivity_lower", "specificity_lower",
+                                          "champion_auc_difference"]
+    assert "no champion yet" in d1.rules[3].detail
 
     client = MlflowClient()
     v1 = client.get_model_version("gate", "1")
@@ -114,7 +115,7 @@ def test_gate_promotes_better_refuses_worse_and_rollback_restores(store, tmp_pat
     d2 = step("better", 0.6, 2, run_b)
     assert d2.promoted and d2.version == "2" and d2.previous_champion == "1"
     assert d2.aliases == {CHAMPION: "2", PREVIOUS: "1"}
-    diff = d2.rules[2]
+    diff = d2.rules[3]
     assert diff.passed and diff.value > 0 and "champion v1" in diff.detail
 
     # 3. a worse model (thresholds met, but far below the champion): challenger, and the record says why
@@ -168,6 +169,19 @@ def test_champion_on_other_patients_is_not_comparable(store, tmp_path):
     assert d.promoted and d.aliases == {CHAMPION: "3", PREVIOUS: "1", CHALLENGER: "2"}
 
 
+def test_a_model_that_calls_nearly_everyone_covid_fails_on_specificity(store, tmp_path):
+    """Seen on a model trained on another CPU: AUC 0.95 and sensitivity 1.0, but specificity 0.21."""
+    _, _, (run_a, _) = store
+    preds = _scores(0.3, 7)
+    preds["score"] = (0.45 + 0.5 * preds["score"]).round(4)  # same order (AUC), nearly all above 0.5
+    gate = dataclasses.replace(GATE, min_specificity_lower=0.6)
+    d = promote(*_candidate(tmp_path, "all-covid", preds, run_a), gate, _mp(store, "all-covid"),
+                provenance=PROVENANCE)
+    assert not d.promoted and [r.name for r in d.failed] == ["specificity_lower"]
+    assert "specificity" in d.failed[0].detail and "promote.min_specificity_lower 0.6" in d.failed[0].detail
+    assert d.aliases == {CHALLENGER: d.version}
+
+
 def test_model_card_without_run_id_or_logged_model(store, tmp_path):
     model_dir, eval_dir = _candidate(tmp_path, "x", _scores(0.5, 1), None)
     with pytest.raises(PromoteError, match="no MLflow run recorded for this model"):
@@ -198,7 +212,7 @@ def test_paired_difference_of_a_model_with_itself_is_zero():
     assert d["value"] == 0 and d["ci"] == [0.0, 0.0] and d["n"] == N
 
 
-@pytest.mark.parametrize("key", ["min_auc_lower", "min_sensitivity_lower", "max_auc_drop"])
+@pytest.mark.parametrize("key", ["min_auc_lower", "min_sensitivity_lower", "min_specificity_lower", "max_auc_drop"])
 @pytest.mark.parametrize("value", [1.5, -0.1])
 def test_threshold_out_of_range_names_the_key(tmp_path, key, value):
     params = load_params(REPO / "params.yaml")

@@ -10,7 +10,6 @@ they hold. S3 references are fetched from moto's S3 server on loopback.
 """
 
 import base64
-import io
 import json
 import os
 import re
@@ -18,7 +17,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-import zipfile
 
 import numpy as np
 import pydicom
@@ -38,7 +36,7 @@ from support.oip import (
     rest_outcome,
     send,
 )
-from support.server import NAME, free_port, moto_s3, running_server, serve_params, tiny_model, write_study
+from support.server import NAME, free_port, moto_s3, running_server, serve_params, tiny_model, write_study, zip_bytes
 from support.train import SHAPE
 
 pytestmark = pytest.mark.slow
@@ -51,14 +49,6 @@ MAX_STUDIES = 4
 def _record(request):
     if "tmp_path" in request.fixturenames:
         SENT.append(request.getfixturevalue("tmp_path"))
-
-
-def _zip(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -200,9 +190,9 @@ BAD = {
                                              In("tensor", "FP32", [2, *SHAPE], np.concatenate([_volume()] * 2))],
                                   "serve.max_studies"),
     "not a zip": (lambda s: [In("study_zip", "BYTES", [1], [b"\x00\xffPatientName garbage"])], "not a zip"),
-    "zip slip": (lambda s: [In("study_zip", "BYTES", [1], [_zip({"../../evil.dcm": b"x"})])], "zip slip"),
-    "zip bomb": (lambda s: [In("study_zip", "BYTES", [1], [_zip({"zeros.bin": b"\0" * (2 << 20)})])], "zip bomb"),
-    "no DICOM": (lambda s: [In("study_zip", "BYTES", [1], [_zip({"a.txt": b"hello"})])], "no DICOM files"),
+    "zip slip": (lambda s: [In("study_zip", "BYTES", [1], [zip_bytes({"../../evil.dcm": b"x"})])], "zip slip"),
+    "zip bomb": (lambda s: [In("study_zip", "BYTES", [1], [zip_bytes({"zeros.bin": b"\0" * (2 << 20)})])], "zip bomb"),
+    "no DICOM": (lambda s: [In("study_zip", "BYTES", [1], [zip_bytes({"a.txt": b"hello"})])], "no DICOM files"),
     "MR study": (lambda s: [In("study_zip", "BYTES", [1], [s["mr_zip"]])], "modality MR is not CT"),
     "not a reference": (lambda s: [In("study_ref", "BYTES", [1], [b"s3:/nope"])], "s3://bucket/key reference"),
     "zip as reference": (lambda s: [In("study_ref", "BYTES", [1], [s["zip"]])], "s3://bucket/key reference"),

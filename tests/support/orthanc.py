@@ -171,15 +171,35 @@ def pacs_env(**extra: str) -> dict:
 
 
 def train_tiny_model(tmp: Path) -> Path:
-    """A tiny model folder trained in seconds (as tests/e2e/test_serving_http.py does)."""
-    from covidnet.train.loop import train_model
-    from support.train import PRE, TINY, tiny_cohort, train_params, train_paths
+    """A tiny model folder trained in seconds (:func:`support.server.tiny_model`)."""
+    from support.server import tiny_model
 
-    index = tiny_cohort(tmp / "pre", n_train=4, n_val=2)
-    train_model(index, train_paths(tmp), TINY, train_params(epochs=1, batch_size=2),
-                {**PRE, "dtype": "float16", "body_hu": -500.0, "lung_hu": [-950.0, -400.0], "workers": 1},
-                progress=False)
-    return tmp / "model"
+    return tiny_model(tmp)
+
+
+def studies_with_status(db: Path, *statuses: str) -> int:
+    """How many studies of the ``pacs_studies`` table in the SQLite file ``db`` have one of ``statuses``
+    (0 while the table is not there yet)."""
+    import sqlite3
+
+    marks = ", ".join("?" * len(statuses))
+    try:
+        with sqlite3.connect(db) as conn:
+            return conn.execute(f"SELECT COUNT(*) FROM pacs_studies WHERE status IN ({marks})", statuses).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def wait_until(predicate, timeout: float, what: str, step: float = 0.05) -> None:
+    """Poll ``predicate`` every ``step`` s; fail naming ``what`` after ``timeout`` s."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(step)
+    raise AssertionError(f"timed out: {what}")
 
 
 def write_params(tmp: Path, orthanc: "Orthanc", **pacs: object) -> Path:

@@ -133,3 +133,15 @@ def post_json(url: str, body, content_type: str = "application/json") -> tuple[i
 def assert_alive(server) -> None:
     with urllib.request.urlopen(f"{server['base']}/v2/health/ready", timeout=5) as r:
         assert r.status == 200
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    """A deflated zip of ``{name: data}`` in memory (a study upload)."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()

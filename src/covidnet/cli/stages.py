@@ -154,8 +154,9 @@ STAGES: dict[str, Stage] = {
         ("preprocessed",), _preprocess),
     "train": Stage(
         "Adam (train.learning_rate; paper 0.001), binary cross-entropy on the COVID-19 logit, global batch "
-        "train.batch_size (paper 8) in micro-batches of train.micro_batch_size; validation loss and AUC every "
-        "epoch, best epoch kept, early stopping after train.patience epochs. Checkpoints after every epoch: a "
+        "train.batch_size (paper 8) in micro-batches of train.micro_batch_size, a constant or cosine rate "
+        "(train.schedule), augmentation the paper did not use (train.augment: flips, shifts, gain, zoom); "
+        "validation loss and AUC every epoch, best epoch kept, early stopping after train.patience epochs. Checkpoints after every epoch: a "
         "killed run resumes where it stopped (--resume). Under torchrun: DistributedDataParallel. Writes the "
         "model folder (weights, model card, reference/: the training scans' QC values and the validation "
         "scores, for monitoring), reports/train (metrics.json, curve.csv) and an MLflow run.",
@@ -168,7 +169,9 @@ STAGES: dict[str, Stage] = {
         "PPV, NPV and F1 for each class, each with a 95% percentile-bootstrap CI over patients "
         "(evaluate.bootstrap replications), the confusion matrix at evaluate.threshold, per-hospital matrices "
         "(Fig. 4 form), readers' kappa (Supplementary Table 9 form), calibration (ECE, Brier, reliability), "
-        "t-SNE of the features; metrics.json, report.md/html and plots per set.",
+        "t-SNE of the features; metrics.json, report.md/html and plots per set. With the synthetic cohort's "
+        "lesion masks, a saliency map per scan (explain params) and the share of its mass inside the planted "
+        "lesions against chance, with the top explain.top_k true positives drawn (saliency.png).",
         (("--out", "evaluation", "output folder"), ("--model", "model", "trained model folder"),
          ("--preprocessed", "preprocessed", "preprocessed tensors folder"),
          ("--calibrator", "calibrator", "calibrator fitted on the validation split (JSON)"),
@@ -178,7 +181,7 @@ STAGES: dict[str, Stage] = {
         "Register the trained model (the MLflow run its model card names) as a new version of "
         "mlflow.registered_model, tagged with the git commit, the cohort's DVC hash, a params hash and the test "
         "figures with CIs. The gate (promote params): lower CI bound of test AUC >= min_auc_lower and of COVID-19 "
-        "sensitivity >= min_sensitivity_lower; with compare_with_champion, a paired bootstrap of AUC(new) - "
+        "sensitivity >= min_sensitivity_lower and of specificity >= min_specificity_lower; with compare_with_champion, a paired bootstrap of AUC(new) - "
         "AUC(champion) on the same test patients whose lower CI bound must not fall below -max_auc_drop. Passing "
         "moves the alias `champion` here and `previous_champion` to the old one; failing sets `challenger`. The "
         "decision record (which rule, which numbers) goes to paths.decision and a version tag. A failing gate "

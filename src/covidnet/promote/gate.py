@@ -36,9 +36,10 @@ class PromoteParams:
     bootstrap: int                # replications of the paired bootstrap
     seed: int
     ci: float                     # level of the paired-difference interval
+    min_specificity_lower: float = 0.0  # lower CI bound of COVID-19 specificity must reach this
 
     def __post_init__(self) -> None:
-        for name in ("min_auc_lower", "min_sensitivity_lower", "max_auc_drop"):
+        for name in ("min_auc_lower", "min_sensitivity_lower", "min_specificity_lower", "max_auc_drop"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ParamsError(f"promote.{name}: {value!r} is not in [0, 1]")

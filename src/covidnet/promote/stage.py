@@ -189,6 +189,9 @@ def promote(model_dir: Path | str, evaluation_dir: Path | str, params: PromotePa
         lower_bound_rule("sensitivity_lower", metrics["covid"]["sensitivity"], params.min_sensitivity_lower,
                           f"{params.test_set} COVID-19 sensitivity at threshold {metrics['threshold']:g}",
                           "min_sensitivity_lower"),
+        lower_bound_rule("specificity_lower", metrics["covid"]["specificity"], params.min_specificity_lower,
+                          f"{params.test_set} COVID-19 specificity at threshold {metrics['threshold']:g}",
+                          "min_specificity_lower"),
     ]
     if params.compare_with_champion:
         if champion is None:

@@ -21,7 +21,8 @@ SOCKET=${COVIDNET_PODMAN_SOCKET:-/run/podman/podman.sock}
 SKIP_FILE="$CACHE/containers-skipped.txt"   # why containers are not possible here (read by the tests)
 CONF_DIR=/etc/containers/containers.conf.d
 CONF="$CONF_DIR/covidnet.conf"
-PACKAGES=(podman buildah runc debootstrap uidmap catatonit netavark aardvark-dns)
+# iptables: netavark sets up a published port (-p) with it ("netavark: No such file or directory" without)
+PACKAGES=(podman buildah runc debootstrap uidmap catatonit netavark aardvark-dns iptables)
 
 say() { echo "containers: $*" >&2; }
 
@@ -44,7 +45,7 @@ EOF
 
 install() {
   local missing=()
-  for cmd in podman buildah runc debootstrap; do command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd"); done
+  for cmd in podman buildah runc debootstrap iptables; do command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd"); done
   if [ "${#missing[@]}" -gt 0 ]; then
     [ "$(id -u)" = 0 ] || { echo "not root: cannot apt-get ${missing[*]}"; return 1; }
     command -v apt-get >/dev/null 2>&1 || { echo "no apt-get to install ${missing[*]}"; return 1; }

@@ -96,9 +96,9 @@ def main() -> None:
                      + (f" (gate failed: {failed})" if failed else "") + (f"; margins {margins}" if margins else "")))
         serve = ".venv/bin/covidnet serve" + ("" if d["promoted"] else
                                               f" --model-uri models:/{d['registered_model']}@challenger")
-    width = max(len(r[0]) for r in rows)
+    width, path_width = max(len(r[0]) for r in rows), max(len(str(r[1])) for r in rows)
     for name, path, what in rows:
-        print(f"  {name:<{width}}  {str(path):<32} {what}")
+        print(f"  {name:<{width}}  {str(path):<{path_width}}  {what}")
     print("  MLflow runs: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db")
     print(f"  Reproduced: {_reproduced(paths)}")
     if serve:

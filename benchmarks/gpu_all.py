@@ -92,6 +92,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+# the single-GPU benchmark's helpers (benchmarks/ is on sys.path when a script in it runs)
+from gpu import _peak_gib, _sync
+from gpu import _reset_memory as _free
+
 SECTIONS = ("infer", "monai", "train", "serve", "compile")
 #: Each section's share of --budget-s (the rest of the total is what compile may use).
 SHARES = {"infer": 0.30, "monai": 0.10, "train": 0.27, "serve": 0.15, "compile": 0.18}
@@ -101,9 +105,6 @@ PROB_TOL = 1e-2
 # ----------------------------------------------------------------------------- helpers
 
 
-# the single-GPU benchmark's helpers (benchmarks/ is on sys.path when a script in it runs)
-from gpu import _peak_gib, _sync  # noqa: E402
-from gpu import _reset_memory as _free  # noqa: E402
 
 
 def _timed(fn: Callable[[], Any], device: torch.device, warmup: int, iters: int) -> dict[str, float]:

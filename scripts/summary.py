@@ -19,9 +19,8 @@ def _size(path: Path) -> str:
 def _reproduced(paths: Paths) -> str:
     """Whether this run's outputs have the hashes the committed dvc.lock records (the model, the metrics).
 
-    Left out, being different every run: the run records (:meth:`covidnet.paths.Paths.run_records`)
-    and each evaluated set's folder, whose report names the training run, the commit and the time
-    it was written; every figure of those folders is in ``evaluation/metrics.json``, which is compared.
+    Left out: the outputs that differ between identical runs
+    (:meth:`covidnet.paths.Paths.varies_every_run`: run records, the reports' provenance).
     """
     import subprocess
 
@@ -37,12 +36,11 @@ def _reproduced(paths: Paths) -> str:
         return {o["path"]: o.get("md5", "") for st in stages.values() for o in st.get("outs", [])}
 
     before, now = outs(committed), outs(Path("dvc.lock").read_text())
-    records = {str(p) for p in paths.run_records()}
-    stamped = {p for p in now if p.startswith(f"{paths.evaluation}/") and p != str(paths.evaluation / "metrics.json")}
-    differ = sorted(p for p in now if p in before and before[p] != now[p] and p not in records | stamped)
+    varying = sorted(p for p in now if paths.varies_every_run(p))
+    differ = sorted(p for p in now if p in before and before[p] != now[p] and p not in varying)
     if not differ:
-        return (f"every output has the committed dvc.lock's hash (model and metrics included), but the run "
-                f"records ({', '.join(sorted(records))}) and the reports' provenance ({', '.join(sorted(stamped))})")
+        return (f"every output has the committed dvc.lock's hash (model and metrics included), but those that "
+                f"record the run ({', '.join(varying)})")
     return f"{len(differ)} output(s) differ from the committed dvc.lock: {', '.join(differ[:6])}"
 
 

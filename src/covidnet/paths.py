@@ -44,8 +44,16 @@ class Paths:
         base = section(params, "paths", cls)
         return dataclasses.replace(base, **{k: Path(v) for k, v in overrides.items() if v is not None})
 
-    def run_records(self) -> frozenset[Path]:
-        """The outputs that record a run, not its result, so they differ between identical runs:
-        Great Expectations' run times (``validation``), the MLflow run id (``train_report/run.json``)
-        and the registry version the model got (``decision``)."""
-        return frozenset({self.validation, self.train_report / "run.json", self.decision})
+    def varies_every_run(self, output: Path | str) -> bool:
+        """Whether a stage output (a path as dvc.lock names it) differs between two identical runs.
+
+        True for the run records: Great Expectations' run times (``validation``), the MLflow run
+        id (``train_report/run.json``) and the registry version the model got (``decision``); and
+        for each evaluated set's folder under ``evaluation``, whose report names the training run,
+        the commit and the time it was written (its figures are all in ``evaluation/metrics.json``,
+        which does not vary).
+        """
+        output = Path(output)
+        if output in {self.validation, self.train_report / "run.json", self.decision}:
+            return True
+        return self.evaluation in output.parents and output != self.evaluation / "metrics.json"

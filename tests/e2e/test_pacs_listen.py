@@ -27,10 +27,10 @@ from support.orthanc import (
     pacs_env,
     studies_with_status,
     study_uid_of,
-    train_tiny_model,
     wait_until,
     write_params,
 )
+from support.server import tiny_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(orthanc_missing() is not None, reason=str(orthanc_missing()))]
 ROOT = "1.2.826.0.1.3680043.8.498.1.13."
@@ -41,7 +41,7 @@ def _finished(db) -> int:
 
 
 def test_studies_pushed_by_c_store_get_one_result_each(tmp_path, monkeypatch):
-    model = train_tiny_model(tmp_path / "model-run")
+    model = tiny_model(tmp_path / "model-run")
     port = free_port()
     folders = {f"ct{i}": ct_study(tmp_path / "studies", f"ct{i}", f"PACSLISTEN-{i:02d}", seed=i) for i in range(2)}
     folders["contrast"] = ct_study(tmp_path / "studies", "contrast", "PACSLISTEN-CONTRAST", contrast=True, seed=6)

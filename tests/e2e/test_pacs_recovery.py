@@ -33,10 +33,10 @@ from support.orthanc import (
     pacs_env,
     studies_with_status,
     study_uid_of,
-    train_tiny_model,
     wait_until,
     write_params,
 )
+from support.server import tiny_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(orthanc_missing() is not None, reason=str(orthanc_missing()))]
 ROOT = "1.2.826.0.1.3680043.8.498.1.13."
@@ -44,7 +44,7 @@ ROOT = "1.2.826.0.1.3680043.8.498.1.13."
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return train_tiny_model(tmp_path_factory.mktemp("recovery-model"))
+    return tiny_model(tmp_path_factory.mktemp("recovery-model"))
 
 
 @pytest.fixture

@@ -28,10 +28,9 @@ from support.orthanc import (
     orthanc_missing,
     pacs_env,
     study_uid_of,
-    train_tiny_model,
     write_params,
 )
-from support.server import running_server
+from support.server import running_server, tiny_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(orthanc_missing() is not None, reason=str(orthanc_missing()))]
 ROOT = "1.2.826.0.1.3680043.8.498.1.13."
@@ -46,7 +45,7 @@ def covidnet(*args, timeout=300) -> subprocess.CompletedProcess:
 def pacs(tmp_path_factory):
     """A tiny model, a fresh Orthanc holding 3 CT studies, a contrast-only one and an MR study."""
     tmp = tmp_path_factory.mktemp("pacs")
-    model = train_tiny_model(tmp)
+    model = tiny_model(tmp)
     studies = tmp / "studies"
     folders = {f"ct{i}": ct_study(studies, f"ct{i}", f"PACSWATCH-{i:02d}", seed=i) for i in range(3)}
     folders["contrast"] = ct_study(studies, "contrast", "PACSWATCH-CONTRAST", contrast=True, seed=7)

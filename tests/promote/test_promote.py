@@ -22,8 +22,8 @@ from covidnet.promote.stage import params_hash, promote
 from covidnet.tracking import MlflowParams
 from support import REPO
 
-GATE = PromoteParams(min_auc_lower=0.6, min_sensitivity_lower=0.3, compare_with_champion=True, max_auc_drop=0.05,
-                     bootstrap=2000, seed=0, test_set="test", ci=0.95)
+GATE = PromoteParams(min_auc_lower=0.6, min_sensitivity_lower=0.3, min_specificity_lower=0.0,
+                     compare_with_champion=True, max_auc_drop=0.05, bootstrap=2000, seed=0, test_set="test", ci=0.95)
 PROVENANCE = {"git_commit": "abc123", "cohort_version": "dvc:0123", "params_hash": "sha256:feed", "synthetic": "true"}
 N = 160
 

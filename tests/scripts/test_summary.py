@@ -18,7 +18,8 @@ def _summary():
 
 
 def _lock(outs: dict[str, str]) -> str:
-    return yaml.safe_dump({"schema": "2.0", "stages": {"s": {"outs": [{"path": p, "md5": m} for p, m in outs.items()]}}})
+    stage = {"outs": [{"path": p, "md5": m} for p, m in outs.items()]}
+    return yaml.safe_dump({"schema": "2.0", "stages": {"s": stage}})
 
 
 def test_only_results_count_run_records_and_report_provenance_do_not(tmp_path, monkeypatch):

@@ -63,7 +63,7 @@ def registry(tmp_path_factory):
                        run_id=run.run_id)
         decision = promote(paths.model, tmp / "evaluate",
                            PromoteParams(test_set="test", min_auc_lower=0.0, min_sensitivity_lower=0.0,
-                                         compare_with_champion=False, max_auc_drop=0.05, bootstrap=20, seed=0,
+                                         min_specificity_lower=0.0, compare_with_champion=False, max_auc_drop=0.05, bootstrap=20, seed=0,
                                          ci=0.95), mp, provenance=PROVENANCE, run_id=run.run_id)
     assert decision.promoted and decision.aliases == {CHAMPION: "1"}
     params = yaml.safe_load((REPO / "params.yaml").read_text())

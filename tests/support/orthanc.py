@@ -170,13 +170,6 @@ def pacs_env(**extra: str) -> dict:
     return {**os.environ, "COVIDNET_HASH_KEY": KEY, "PYTHONUNBUFFERED": "1", **extra}
 
 
-def train_tiny_model(tmp: Path) -> Path:
-    """A tiny model folder trained in seconds (:func:`support.server.tiny_model`)."""
-    from support.server import tiny_model
-
-    return tiny_model(tmp)
-
-
 def studies_with_status(db: Path, *statuses: str) -> int:
     """How many studies of the ``pacs_studies`` table in the SQLite file ``db`` have one of ``statuses``
     (0 while the table is not there yet)."""

@@ -156,8 +156,8 @@ STAGES: dict[str, Stage] = {
         "Adam (train.learning_rate; paper 0.001), binary cross-entropy on the COVID-19 logit, global batch "
         "train.batch_size (paper 8) in micro-batches of train.micro_batch_size, a constant or cosine rate "
         "(train.schedule), augmentation the paper did not use (train.augment: flips, shifts, gain, zoom); "
-        "validation loss and AUC every epoch, best epoch kept, early stopping after train.patience epochs. Checkpoints after every epoch: a "
-        "killed run resumes where it stopped (--resume). Under torchrun: DistributedDataParallel. Writes the "
+        "validation loss and AUC every epoch, best epoch kept, early stopping after train.patience epochs. "
+        "Checkpoints after every epoch: a killed run resumes where it stopped (--resume). Under torchrun: DistributedDataParallel. Writes the "
         "model folder (weights, model card, reference/: the training scans' QC values and the validation "
         "scores, for monitoring), reports/train (metrics.json, curve.csv) and an MLflow run.",
         (("--preprocessed", "preprocessed", "preprocessed tensors folder"), ("--out", "model", "model folder"),
@@ -181,8 +181,8 @@ STAGES: dict[str, Stage] = {
         "Register the trained model (the MLflow run its model card names) as a new version of "
         "mlflow.registered_model, tagged with the git commit, the cohort's DVC hash, a params hash and the test "
         "figures with CIs. The gate (promote params): lower CI bound of test AUC >= min_auc_lower and of COVID-19 "
-        "sensitivity >= min_sensitivity_lower and of specificity >= min_specificity_lower; with compare_with_champion, a paired bootstrap of AUC(new) - "
-        "AUC(champion) on the same test patients whose lower CI bound must not fall below -max_auc_drop. Passing "
+        "sensitivity >= min_sensitivity_lower and of specificity >= min_specificity_lower; with "
+        "compare_with_champion, a paired bootstrap of AUC(new) - AUC(champion) on the same test patients whose lower CI bound must not fall below -max_auc_drop. Passing "
         "moves the alias `champion` here and `previous_champion` to the old one; failing sets `challenger`. The "
         "decision record (which rule, which numbers) goes to paths.decision and a version tag. A failing gate "
         "exits 0. --rollback moves `champion` back to `previous_champion`. No version is ever deleted.",

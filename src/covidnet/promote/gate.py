@@ -31,12 +31,12 @@ class PromoteParams:
     test_set: str                 # the evaluate set the gate reads (reports/evaluate/<set>/)
     min_auc_lower: float          # lower CI bound of the test AUC must reach this
     min_sensitivity_lower: float  # lower CI bound of COVID-19 sensitivity must reach this
+    min_specificity_lower: float  # lower CI bound of COVID-19 specificity must reach this
     compare_with_champion: bool   # paired bootstrap of AUC(new) - AUC(champion)
     max_auc_drop: float           # fail when that difference's lower CI bound < -max_auc_drop
     bootstrap: int                # replications of the paired bootstrap
     seed: int
     ci: float                     # level of the paired-difference interval
-    min_specificity_lower: float = 0.0  # lower CI bound of COVID-19 specificity must reach this
 
     def __post_init__(self) -> None:
         for name in ("min_auc_lower", "min_sensitivity_lower", "min_specificity_lower", "max_auc_drop"):
